@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`. Both set everything up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench bench-zero lint setup system-tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[standard,test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# nginx, curl, systemd-socket-activate and wrk from the system's package manager when missing
+# (only as root; otherwise the tests that need them name the missing tool).
+system-tools:
+	@./tests/install-system-tools.sh
+
+run: setup
+	$(BIN)/corral examples.hello:app --workers 2 --host 127.0.0.1 --port 8000
+
+test: setup system-tools
+	$(BIN)/python -m pytest -q
+
+bench: setup system-tools
+	$(BIN)/pip install --quiet '.[bench]'
+	$(BIN)/python -m tests.bench.run
+
+lint: setup
+	$(BIN)/ruff check daemon server_core tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The corral master: configuration, listeners, the arbiter and its signals."""

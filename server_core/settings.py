@@ -1,0 +1,95 @@
+"""The slice of configuration a worker needs, as one frozen object.
+
+The master builds it once from its own configuration (``daemon.config``) and
+passes it to :func:`server_core.worker.serve`; the gunicorn worker classes build
+it from gunicorn's settings plus ``CONFIG_KWARGS``. Everything here already has
+its final type: choices are resolved names, sizes are ints, headers are pairs.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+# The default heartbeat period is derived from the health-check timeout so a
+# healthy worker sends several beats per timeout even on a busy machine.
+HEARTBEATS_PER_TIMEOUT = 6
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything a worker needs to serve: the app, protocols, limits, TLS, logs."""
+
+    # The application: an import string "module:attr" or an ASGI callable.
+    app: Any = None
+    factory: bool = False
+    app_dir: str = ""
+    interface: str = "auto"  # auto | asgi3 | asgi2 | wsgi
+
+    # Implementations, resolved by the master ("auto" is resolved here too if
+    # the settings are built by hand): loop asyncio|uvloop, http httptools|h11,
+    # ws websockets|wsproto|none.
+    loop: str = "auto"
+    http: str = "auto"
+    ws: str = "auto"
+    lifespan: str = "auto"  # auto | on | off
+
+    # WebSocket.
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_max_queue: int = 32
+    ws_ping_interval: float | None = 20.0
+    ws_ping_timeout: float | None = 20.0
+    ws_per_message_deflate: bool = True
+
+    # HTTP behaviour.
+    root_path: str = ""
+    proxy_headers: bool = True
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    server_header: bool = True
+    date_header: bool = True
+    headers: tuple[tuple[str, str], ...] = ()
+    limit_concurrency: int | None = None
+    # Already jittered by the master: the exact number this worker serves.
+    limit_max_requests: int | None = None
+    timeout_keep_alive: float = 5.0
+    timeout_graceful_shutdown: float = 30.0
+    # A client must send a complete request head within this many seconds of
+    # its first byte (slowloris protection).
+    timeout_request_head: float = 10.0
+    limit_request_line: int = 8190
+    limit_request_fields: int = 100
+    limit_request_field_size: int = 8190
+    h11_max_incomplete_event_size: int | None = None
+    reset_contextvars: bool = False
+
+    # TLS.
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_version: int = int(ssl.PROTOCOL_TLS_SERVER)
+    ssl_cert_reqs: int = int(ssl.CERT_NONE)
+    ssl_ca_certs: str | None = None
+    ssl_ciphers: str | None = None
+
+    # Logs.
+    log_level: str = "info"
+    log_config: str | None = None
+    log_format: str = "console"  # console | json
+    use_colors: bool | None = None
+    access_log: bool = True
+
+    # Health: a worker's event loop beats every heartbeat_interval seconds.
+    timeout_worker_healthcheck: float = 30.0
+
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_ssl(self) -> bool:
+        """True when the worker terminates TLS itself."""
+        return bool(self.ssl_certfile)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between two heartbeats from the worker's event loop."""
+        return max(0.05, min(1.0, self.timeout_worker_healthcheck / HEARTBEATS_PER_TIMEOUT))

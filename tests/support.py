@@ -1,0 +1,192 @@
+"""Helpers for tests that drive the real `corral` CLI as a subprocess.
+
+Every wait has a deadline and polls a condition; a wait also checks that the
+process under test is still alive and fails at once with its output if not.
+All timeouts scale by $CORRAL_TEST_TIMEOUT_FACTOR.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+FACTOR = float(os.environ.get("CORRAL_TEST_TIMEOUT_FACTOR", "1"))
+REQUIRE_ALL = os.environ.get("CORRAL_REQUIRE_ALL") == "1"
+
+
+def deadline(seconds: float) -> float:
+    """A monotonic deadline `seconds` (scaled) from now."""
+    return time.monotonic() + seconds * FACTOR
+
+
+def require_tool(name: str, *candidates: str) -> str:
+    """Path of a program the test needs; skip naming it, or fail under CORRAL_REQUIRE_ALL=1."""
+    for candidate in (name, *candidates):
+        found = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    message = f"{name} is not installed (make test installs it as root with apt-get)"
+    if REQUIRE_ALL:
+        pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
+    pytest.skip(message)
+
+
+def bound_socket(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
+    """A listening TCP socket on a free port, to hand to corral with --fd (no port race)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for tools that must bind themselves)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, *,
+               alive: Callable[[], str | None] | None = None, interval: float = 0.02) -> Any:
+    """Poll `condition` until it returns something truthy, or fail naming `what`."""
+    end = deadline(timeout)
+    while True:
+        result = condition()
+        if result:
+            return result
+        if alive is not None:
+            dead = alive()
+            if dead:
+                pytest.fail(f"while waiting for {what}: {dead}")
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout * FACTOR:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_answers(host: str, port: int) -> bool:
+    """True when a TCP connect to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Proc:
+    """A process under test: output captured to files, killed by PID in the finalizer."""
+
+    def __init__(self, argv: Sequence[str], tmp: Path, *, env: dict[str, str] | None = None,
+                 pass_fds: Sequence[int] = (), cwd: Path | None = None, name: str = "proc",
+                 stdin: Any = subprocess.DEVNULL) -> None:
+        self.argv = list(argv)
+        self.out_path = tmp / f"{name}.out"
+        self.err_path = tmp / f"{name}.err"
+        full_env = dict(os.environ)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env.update(env or {})
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self._out, stderr=self._err, stdin=stdin, env=full_env,
+            pass_fds=tuple(pass_fds), cwd=str(cwd or ROOT), start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def output(self) -> str:
+        """Everything the process wrote so far, stdout then stderr."""
+        self._out.flush()
+        self._err.flush()
+        return self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
+
+    def dead(self) -> str | None:
+        """A description if the process exited, else None (for wait_until's `alive`)."""
+        code = self.popen.poll()
+        if code is None:
+            return None
+        return f"{self.argv[:4]} exited with {code}; output:\n{self.output()[-4000:]}"
+
+    def wait_log(self, text: str, timeout: float = 20, *, count: int = 1) -> None:
+        """Wait until `text` appears `count` times in the output."""
+        wait_until(lambda: self.output().count(text) >= count, timeout, f"{text!r} in the log",
+                   alive=self.dead)
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        """Wait for the process to exit and return its status."""
+        try:
+            return self.popen.wait(timeout * FACTOR)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.argv[:4]} did not exit within {timeout * FACTOR:.0f}s; output:\n{self.output()[-4000:]}")
+
+    def kill(self) -> None:
+        """Kill the process and its whole session (its workers) by PID."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            # The master is gone; make sure no worker of its session survives it.
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._out.close()
+        self._err.close()
+
+
+class Corral(Proc):
+    """`corral ARGS` started as `python -m daemon`, serving on `host:port`."""
+
+    def __init__(self, args: Sequence[str], tmp: Path, *, sock: socket.socket | None = None,
+                 env: dict[str, str] | None = None, pass_fds: Sequence[int] = (), name: str = "corral",
+                 cwd: Path | None = None) -> None:
+        argv = [sys.executable, "-m", "daemon", *args]
+        fds = list(pass_fds)
+        self.sock = sock
+        if sock is not None:
+            argv += ["--fd", str(sock.fileno())]
+            fds.append(sock.fileno())
+            self.host, self.port = sock.getsockname()[:2]
+        else:
+            self.host, self.port = "127.0.0.1", 0
+        base_env = {"CORRAL_LOG_LEVEL": "info"}
+        base_env.update(env or {})
+        super().__init__(argv, tmp, env=base_env, pass_fds=fds, cwd=cwd, name=name)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until the server answers HTTP on its port."""
+        import httpx
+
+        def answers() -> bool:
+            try:
+                httpx.get(self.url + "/", timeout=1.0)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout, f"corral answering on {self.url}", alive=self.dead, interval=0.05)
