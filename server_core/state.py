@@ -54,6 +54,8 @@ class ServerState:
     # ("date" is kept current by the worker and read from ``date_header``).
     default_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     date_header: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # server_core.logs.AccessLog when --access-log is on, else None.
+    access_log: Any = None
     # Called once when limit_max_requests is reached (the worker asks to be recycled).
     on_request_limit: Callable[[], None] | None = None
 
