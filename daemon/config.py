@@ -1,0 +1,402 @@
+"""One frozen configuration, built from four layers and checked before any bind.
+
+Precedence, strongest first: the command line (or ``daemon.run`` keywords), the
+environment (``CORRAL_*``, then ``UVICORN_*``, then a row's own fallback such as
+``WEB_CONCURRENCY``), the ``--config`` TOML file, the defaults of
+:mod:`daemon.options`. Every value is converted and checked by the same code
+whatever its source, and a bad one raises :class:`ConfigError` naming the
+source (flag, variable, or file and key), what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from types import MappingProxyType
+from typing import Any
+
+from daemon.options import BY_NAME, OPTIONS, Option
+from server_core.settings import ServerSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+TRUE = {"1", "true", "yes", "on", "y", "t"}
+FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+class ConfigError(Exception):
+    """A user mistake in an option, a variable or the config file (exit status 2)."""
+
+
+def _expected(opt: Option) -> str:
+    if opt.kind == "choice":
+        return "one of " + ", ".join(opt.choices)
+    return {
+        "int": "an integer", "float": "a number", "bool": "true or false", "flag": "true or false",
+        "toggle": "true or false", "octal": "an octal mode such as 0o660", "multi": "a list of strings",
+    }.get(opt.kind, "a string")
+
+
+def convert(opt: Option, raw: Any, source: str) -> Any:
+    """Convert ``raw`` (a string from the environment, a TOML or Python value) for ``opt``.
+
+    ``source`` names where it came from, for the error message.
+    """
+    def bad(why: str = "") -> ConfigError:
+        detail = f" ({why})" if why else ""
+        prefix = "" if source == opt.flag else f"{source}: "
+        return ConfigError(f"{prefix}invalid value {raw!r} for {opt.flag}: expected {_expected(opt)}{detail}")
+
+    kind = opt.kind
+    if raw is None:
+        return None
+    if kind in ("bool", "flag", "toggle"):
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in TRUE | FALSE:
+            return raw.strip().lower() in TRUE
+        raise bad()
+    if kind == "multi":
+        if isinstance(raw, str):
+            # As click's environment variables: whitespace separates items.
+            return tuple(raw.split())
+        if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        raise bad()
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise bad()
+        try:
+            value: Any = int(raw.strip()) if isinstance(raw, str) else raw
+        except ValueError:
+            raise bad() from None
+        if not isinstance(value, int):
+            raise bad()
+    elif kind == "float":
+        if isinstance(raw, bool):
+            raise bad()
+        try:
+            value = float(raw.strip()) if isinstance(raw, str) else raw
+        except ValueError:
+            raise bad() from None
+        if not isinstance(value, (int, float)):
+            raise bad()
+        value = float(value)
+    elif kind == "octal":
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if not isinstance(raw, str):
+            raise bad()
+        try:
+            return int(raw.strip(), 8)
+        except ValueError:
+            raise bad() from None
+    elif kind == "choice":
+        if not isinstance(raw, str) or raw.strip().lower() not in opt.choices:
+            raise bad()
+        return raw.strip().lower()
+    else:
+        if not isinstance(raw, str):
+            raise bad()
+        return raw
+    if opt.minimum is not None and value < opt.minimum:
+        raise bad(f"must be at least {opt.minimum:g}")
+    return value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a ``--config`` TOML file into ``{option name: value}`` (plus ``app``)."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    # A [corral] table is accepted as well as top-level keys.
+    if isinstance(data.get("corral"), dict):
+        data = {**{k: v for k, v in data.items() if k != "corral"}, **data["corral"]}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = key.replace("_", "-")
+        if name == "app":
+            if not isinstance(raw, str):
+                raise ConfigError(f"{path}: key 'app': expected a string such as 'module:app', got {raw!r}")
+            values["app"] = raw
+            continue
+        if name == "config" or name not in BY_NAME:
+            hint = difflib.get_close_matches(name, list(BY_NAME), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"{path}: unknown key '{key}'{suggestion}")
+        values[name] = convert(BY_NAME[name], raw, f"{path}: key '{key}'")
+    return values
+
+
+def read_environment(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Options set in the environment: ``{name: (value, variable)}``."""
+    found: dict[str, tuple[Any, str]] = {}
+    for opt in OPTIONS:
+        for var in opt.env_names():
+            if var in env and env[var] != "":
+                found[opt.name] = (convert(opt, env[var], f"environment variable {var}"), var)
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one corral master; attributes are option names with underscores."""
+
+    app: Any
+    values: Mapping[str, Any]
+    binds: tuple[str, ...]
+    # Where each option came from: "default", "file", the variable name, or "command line".
+    sources: Mapping[str, str] = field(default_factory=dict)
+    # What built this config, so HUP can rebuild it with a fresh environment and file.
+    command_line: Mapping[str, Any] = field(default_factory=dict)
+    given_app: Any = None
+    given_source: str = "command line"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name.replace("_", "-")]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def explicit(self, name: str) -> bool:
+        """True when the option was set anywhere but the defaults."""
+        return self.sources.get(name, "default") != "default"
+
+    def server_settings(self, limit_max_requests: int | None = None) -> ServerSettings:
+        """The slice a worker needs, with this worker's own request limit."""
+        v = self.values
+        return ServerSettings(
+            app=self.app, factory=v["factory"], app_dir=v["app-dir"], interface=v["interface"],
+            loop=v["loop"], http=v["http"], ws=v["ws"], lifespan=v["lifespan"],
+            ws_max_size=v["ws-max-size"], ws_max_queue=v["ws-max-queue"],
+            ws_ping_interval=v["ws-ping-interval"] or None, ws_ping_timeout=v["ws-ping-timeout"] or None,
+            ws_per_message_deflate=v["ws-per-message-deflate"], root_path=v["root-path"],
+            proxy_headers=v["proxy-headers"], forwarded_allow_ips=_split_ips(v["forwarded-allow-ips"]),
+            server_header=v["server-header"], date_header=v["date-header"],
+            headers=tuple(_split_header(h) for h in v["header"]),
+            limit_concurrency=v["limit-concurrency"], limit_max_requests=limit_max_requests,
+            timeout_keep_alive=v["timeout-keep-alive"], timeout_graceful_shutdown=v["timeout-graceful-shutdown"],
+            limit_request_line=v["limit-request-line"], limit_request_fields=v["limit-request-fields"],
+            limit_request_field_size=v["limit-request-field-size"],
+            h11_max_incomplete_event_size=v["h11-max-incomplete-event-size"],
+            reset_contextvars=v["reset-contextvars"],
+            ssl_keyfile=v["ssl-keyfile"], ssl_certfile=v["ssl-certfile"],
+            ssl_keyfile_password=v["ssl-keyfile-password"], ssl_version=v["ssl-version"],
+            ssl_cert_reqs=v["ssl-cert-reqs"], ssl_ca_certs=v["ssl-ca-certs"], ssl_ciphers=v["ssl-ciphers"],
+            log_level=v["log-level"], log_config=v["log-config"], log_format=v["log-format"],
+            use_colors=v["use-colors"], access_log=v["access-log"],
+            timeout_worker_healthcheck=v["timeout-worker-healthcheck"],
+        )
+
+
+def apply_env_file(config: Config) -> None:
+    """Load ``--env-file`` into this process's environment (inherited by workers).
+
+    Variables already set in the environment win, as with uvicorn.
+    """
+    path = config.values["env-file"]
+    if path:
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)
+
+
+def _split_ips(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _split_header(text: str) -> tuple[str, str]:
+    name, _, value = text.partition(":")
+    return name.strip(), value.strip()
+
+
+def build_config(command_line: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                 *, app: Any = None, source: str = "command line") -> Config:
+    """Layer command line (or keywords) over environment over file over defaults, then check.
+
+    ``command_line`` maps option names (dashes) to values already given by the
+    user; ``app`` is the positional APP (or a callable from ``daemon.run``).
+    """
+    env = os.environ if env is None else env
+    given_app = app
+    values: dict[str, Any] = {opt.name: opt.default for opt in OPTIONS}
+    sources: dict[str, str] = {}
+    from_env = read_environment(env)
+    config_path = command_line.get("config") or (from_env["config"][0] if "config" in from_env else None)
+    if config_path:
+        file_values = read_config_file(config_path)
+        file_app = file_values.pop("app", None)
+        for name, value in file_values.items():
+            values[name], sources[name] = value, config_path
+        if app is None:
+            app = file_app
+    for name, (value, var) in from_env.items():
+        values[name], sources[name] = value, var
+    for name, raw in command_line.items():
+        opt = BY_NAME.get(name)
+        if opt is None:
+            hint = difflib.get_close_matches(name.replace("-", "_"), [o.attr for o in OPTIONS], n=1)
+            raise ConfigError(f"unknown option '{name.replace('-', '_')}'"
+                              + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        values[name] = convert(opt, raw, source if source != "command line" else opt.flag)
+        sources[name] = source
+    if values["workers"] is None:
+        values["workers"] = 1
+    if values["log-level"] is None:
+        values["log-level"] = "info"
+    if app is None or app == "":
+        raise ConfigError("missing the APP argument: corral module:app (or 'app' in the --config file)")
+    if isinstance(app, str) and ":" not in app:
+        raise ConfigError(f"APP {app!r} must be in the form 'module:attribute' (for example 'main:app')")
+    _resolve_implementations(values, sources)
+    _check(values, sources, app)
+    return Config(app=app, values=MappingProxyType(values), binds=_binds(values, sources),
+                  sources=MappingProxyType(sources), command_line=MappingProxyType(dict(command_line)),
+                  given_app=given_app, given_source=source)
+
+
+def reload_config(config: Config, env: Mapping[str, str] | None = None) -> Config:
+    """Rebuild ``config`` from its command line, a fresh environment and the file (for HUP).
+
+    The APP given on the command line (or to ``daemon.run``) wins; without one,
+    the file's possibly changed ``app`` is used.
+    """
+    return build_config(config.command_line, env, app=config.given_app, source=config.given_source)
+
+
+def _origin(name: str, sources: Mapping[str, str]) -> str:
+    where = sources.get(name, "default")
+    if where == "command line":
+        return "--" + name
+    if where == "default":
+        return f"the default of --{name}"
+    if where.startswith(("CORRAL_", "UVICORN_")) or where.isupper():
+        return f"environment variable {where}"
+    return f"{where}: key '{name}'"
+
+
+def _need(package: str, what: str) -> None:
+    if find_spec(package) is None:
+        raise ConfigError(f"{what} needs the '{package}' package, which is not installed "
+                          f"(pip install {package!r} or 'corral[standard]')")
+
+
+def _resolve_implementations(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """Turn 'auto' into the implementation that will run; a missing package is an error."""
+    loop = values["loop"]
+    if loop == "auto":
+        values["loop"] = "uvloop" if find_spec("uvloop") else "asyncio"
+    elif loop in ("uvloop", "zuvloop"):
+        _need(loop, f"--loop {loop} ({_origin('loop', sources)})")
+    http = values["http"]
+    if http == "auto":
+        values["http"] = "httptools" if find_spec("httptools") else "h11"
+    else:
+        _need(http, f"--http {http} ({_origin('http', sources)})")
+    if values["http2"]:
+        _need("zttp", "--http2 (it requires --http zttp)")
+    ws = values["ws"]
+    if ws == "auto":
+        values["ws"] = "websockets" if find_spec("websockets") else ("wsproto" if find_spec("wsproto") else "none")
+    elif ws == "websockets-sansio":
+        _need("websockets", f"--ws {ws} ({_origin('ws', sources)})")
+        values["ws"] = "websockets"
+    elif ws != "none":
+        _need(ws, f"--ws {ws} ({_origin('ws', sources)})")
+    if values["log-config"] and str(values["log-config"]).endswith((".yaml", ".yml")):
+        _need("yaml", "a YAML --log-config")
+
+
+def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None:
+    """Checks across options, each naming where the offending value came from."""
+    if values["reload"] and values["workers"] > 1:
+        raise ConfigError(f"--reload and --workers {values['workers']} cannot be used together "
+                          f"(workers from {_origin('workers', sources)})")
+    if values["reload"] and not isinstance(app, str):
+        raise ConfigError("reload=True needs the app as an import string such as 'main:app'")
+    if values["port"] > 65535:
+        raise ConfigError(f"{_origin('port', sources)}: invalid port {values['port']}: expected 0-65535")
+    for header in values["header"]:
+        name, sep, _ = header.partition(":")
+        if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
+            raise ConfigError(f"{_origin('header', sources)}: invalid header {header!r}: expected Name:Value")
+    for item in _split_ips(values["forwarded-allow-ips"]):
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{_origin('forwarded-allow-ips', sources)}: {item!r} is not an IP address, "
+                              "network or '*'") from None
+    for name in ("ssl-keyfile", "ssl-certfile", "ssl-ca-certs", "log-config", "env-file"):
+        path = values[name]
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{_origin(name, sources)}: no such file {path!r}")
+    if values["ssl-keyfile"] and not values["ssl-certfile"]:
+        raise ConfigError("--ssl-keyfile needs --ssl-certfile as well")
+    if not 0 <= values["uds-mode"] <= 0o7777:
+        raise ConfigError(f"{_origin('uds-mode', sources)}: invalid mode {oct(values['uds-mode'])}")
+    for addr in values["bind"]:
+        parse_bind(addr, _origin("bind", sources))
+
+
+def parse_bind(addr: str, origin: str = "--bind") -> tuple[str, Any]:
+    """Parse a listener address: ``("tcp", (host, port))``, ``("unix", path)`` or ``("fd", n)``."""
+    if addr.startswith("unix:"):
+        path = addr[5:]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ConfigError(f"{origin}: {addr!r}: unix: needs a path")
+        return "unix", path
+    if addr.startswith("fd://"):
+        try:
+            fd = int(addr[5:])
+        except ValueError:
+            raise ConfigError(f"{origin}: {addr!r}: fd:// needs a number") from None
+        return "fd", fd
+    host, sep, port_text = addr.rpartition(":")
+    if not sep:
+        raise ConfigError(f"{origin}: {addr!r}: expected HOST:PORT, [V6]:PORT, unix:PATH or fd://N")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{origin}: {addr!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{origin}: {addr!r}: port out of range")
+    return "tcp", (host or "0.0.0.0", port)
+
+
+def format_tcp(host: str, port: int) -> str:
+    """``HOST:PORT``, bracketing IPv6 hosts."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _binds(values: Mapping[str, Any], sources: Mapping[str, str]) -> tuple[str, ...]:
+    """The listeners to open: --fd, else --uds, else --host/--port (unless only --bind was given)."""
+    binds: list[str] = []
+    if values["fd"] is not None:
+        binds.append(f"fd://{values['fd']}")
+    elif values["uds"]:
+        binds.append(f"unix:{values['uds']}")
+    elif not values["bind"] or "host" in sources or "port" in sources:
+        binds.append(format_tcp(values["host"], values["port"]))
+    binds.extend(b for b in values["bind"] if b not in binds)
+    return tuple(binds)

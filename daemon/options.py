@@ -1,0 +1,167 @@
+"""Every corral option, declared once.
+
+Each row feeds the click command line (``daemon.cli``), the environment
+(``CORRAL_<NAME>`` then ``UVICORN_<NAME>``, plus the row's own fallbacks such as
+``WEB_CONCURRENCY``), the TOML keys of ``--config`` (the long option name), the
+keyword arguments of ``daemon.run()`` (the name with underscores) and the
+documented ``etc/corral.toml``. The first block is uvicorn 0.54's ``--help``,
+name for name and default for default; the second is corral's own.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+# Kinds of value. "flag" is an on-only switch (--reload); "toggle" has a
+# --no- form (--access-log/--no-access-log); "bool" takes a value
+# (--ws-per-message-deflate false) as uvicorn's BOOLEAN does; "multi" repeats.
+KINDS = ("str", "path", "int", "float", "bool", "flag", "toggle", "choice", "multi", "octal")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its long name, kind, default, help and fallbacks."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    env_fallback: tuple[str, ...] = ()  # extra variables, after CORRAL_/UVICORN_
+    metavar: str | None = None
+    uvicorn: bool = True  # declared by uvicorn (drop-in) rather than corral's own
+    minimum: float | None = None
+
+    @property
+    def attr(self) -> str:
+        """The Python name: ``timeout-keep-alive`` → ``timeout_keep_alive``."""
+        return self.name.replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name
+
+    def env_names(self) -> tuple[str, ...]:
+        """Environment variables that may carry this option, strongest first."""
+        upper = self.attr.upper()
+        return (f"CORRAL_{upper}", f"UVICORN_{upper}", *self.env_fallback)
+
+
+def _o(name: str, kind: str, default: Any, help: str, **kw: Any) -> Option:
+    return Option(name, kind, default, help, **kw)
+
+
+UVICORN_OPTIONS: tuple[Option, ...] = (
+    _o("host", "str", "127.0.0.1", "Bind socket to this host.", minimum=None),
+    _o("port", "int", 8000, "Bind socket to this port. If 0, an available port will be picked.", minimum=0),
+    _o("uds", "str", None, "Bind to a UNIX domain socket."),
+    _o("fd", "int", None, "Bind to socket from this file descriptor (its family and type are read from it).",
+       minimum=0),
+    _o("reload", "flag", False, "Enable auto-reload (development; not with --workers > 1)."),
+    _o("reload-dir", "multi", (), "Set reload directories explicitly, instead of using the current working "
+       "directory.", metavar="PATH"),
+    _o("reload-include", "multi", (), "Glob patterns to include while watching for files (default '*.py')."),
+    _o("reload-exclude", "multi", (), "Glob patterns to exclude while watching for files (default '.*, "
+       ".py[cod], .sw.*, ~*')."),
+    _o("reload-delay", "float", 0.25, "Delay between previous and next check if application needs to be "
+       "reloaded.", minimum=0),
+    _o("workers", "int", None, "Number of worker processes. Defaults to the $WEB_CONCURRENCY environment "
+       "variable if available, or 1. Not valid with --reload.", env_fallback=("WEB_CONCURRENCY",), minimum=1),
+    _o("loop", "choice", "auto", "Event loop implementation.", choices=("auto", "asyncio", "uvloop", "zuvloop")),
+    _o("http", "choice", "auto", "HTTP protocol implementation.", choices=("auto", "h11", "httptools", "zttp")),
+    _o("http2", "flag", False, "Enable HTTP/2 support. Requires --http zttp."),
+    _o("ws", "choice", "auto", "WebSocket protocol implementation.",
+       choices=("auto", "none", "websockets", "websockets-sansio", "wsproto")),
+    _o("ws-max-size", "int", 16777216, "WebSocket max size message in bytes.", minimum=1),
+    _o("ws-max-queue", "int", 32, "The maximum length of the WebSocket message queue.", minimum=1),
+    _o("ws-ping-interval", "float", 20.0, "WebSocket ping interval in seconds.", minimum=0),
+    _o("ws-ping-timeout", "float", 20.0, "WebSocket ping timeout in seconds.", minimum=0),
+    _o("ws-per-message-deflate", "bool", True, "WebSocket per-message-deflate compression."),
+    _o("lifespan", "choice", "auto", "Lifespan implementation.", choices=("auto", "on", "off")),
+    _o("interface", "choice", "auto", "Select ASGI3, ASGI2, or WSGI as the application interface.",
+       choices=("auto", "asgi3", "asgi2", "wsgi")),
+    _o("env-file", "path", None, "Environment configuration file (loaded into the environment of the "
+       "master and its workers)."),
+    _o("log-config", "path", None, "Logging configuration file. Supported formats: .ini, .json, .yaml."),
+    _o("log-level", "choice", "info", "Log level.",
+       choices=("critical", "error", "warning", "info", "debug", "trace")),
+    _o("access-log", "toggle", True, "Enable/Disable access log."),
+    _o("use-colors", "toggle", None, "Enable/Disable colorized logging."),
+    _o("proxy-headers", "toggle", True, "Enable/Disable X-Forwarded-Proto, X-Forwarded-For, X-Forwarded-Port "
+       "to populate url scheme and remote address info (from trusted peers only)."),
+    _o("server-header", "toggle", True, "Enable/Disable default Server header."),
+    _o("date-header", "toggle", True, "Enable/Disable default Date header."),
+    _o("forwarded-allow-ips", "str", "127.0.0.1,::1", "Comma separated list of IP addresses or networks to "
+       "trust with proxy headers. Defaults to the $FORWARDED_ALLOW_IPS environment variable if available, "
+       "or '127.0.0.1,::1'. The literal '*' means trust everything (UNIX-socket peers are trusted only "
+       "then).", env_fallback=("FORWARDED_ALLOW_IPS",)),
+    _o("root-path", "str", "", "Set the ASGI 'root_path' for applications submounted below a given URL path."),
+    _o("limit-concurrency", "int", None, "Maximum number of concurrent connections or tasks to allow, before "
+       "issuing HTTP 503 responses.", minimum=1),
+    _o("backlog", "int", 2048, "Maximum number of connections to hold in backlog.", minimum=1),
+    _o("limit-max-requests", "int", None, "Maximum number of requests to service before a worker is replaced "
+       "(the replacement is ready before it leaves).", minimum=1),
+    _o("limit-max-requests-jitter", "int", 0, "Maximum jitter to add to limit_max_requests. Staggers worker "
+       "restarts to avoid all workers restarting simultaneously.", minimum=0),
+    _o("timeout-keep-alive", "int", 5, "Close Keep-Alive connections if no new data is received within this "
+       "timeout (in seconds).", minimum=0),
+    _o("timeout-graceful-shutdown", "int", 30, "Maximum number of seconds to wait for graceful shutdown. "
+       "corral: 30 by default (uvicorn waits forever, which hangs deployments on open WebSockets).",
+       minimum=0),
+    _o("timeout-worker-healthcheck", "int", 30, "Seconds a worker's event loop may go without a heartbeat "
+       "before its stacks are logged and it is replaced. corral: 30 by default, and the heartbeat comes "
+       "from the event loop itself, so a blocked loop is caught (uvicorn: 5, answered from a thread).",
+       minimum=1),
+    _o("ssl-keyfile", "path", None, "SSL key file."),
+    _o("ssl-certfile", "path", None, "SSL certificate file."),
+    _o("ssl-keyfile-password", "str", None, "SSL keyfile password."),
+    _o("ssl-version", "int", int(ssl.PROTOCOL_TLS_SERVER), "SSL version to use (see stdlib ssl module's)."),
+    _o("ssl-cert-reqs", "int", int(ssl.CERT_NONE), "Whether client certificate is required (see stdlib ssl "
+       "module's).", minimum=0),
+    _o("ssl-ca-certs", "path", None, "CA certificates file."),
+    _o("ssl-ciphers", "str", "TLSv1", "Ciphers to use (see stdlib ssl module's)."),
+    _o("header", "multi", (), "Specify custom default HTTP response headers as a Name:Value pair.",
+       metavar="NAME:VALUE"),
+    _o("app-dir", "str", "", "Look for APP in the specified directory, by adding this to the PYTHONPATH. "
+       "Defaults to the current working directory."),
+    _o("h11-max-incomplete-event-size", "int", None, "For h11, the maximum number of bytes to buffer of an "
+       "incomplete event.", minimum=1),
+    _o("reset-contextvars", "flag", False, "Run each ASGI request in a fresh contextvars.Context. Hides context "
+       "set in the lifespan."),
+    _o("factory", "flag", False, "Treat APP as an application factory, i.e. a () -> <ASGI app> callable."),
+)
+
+CORRAL_OPTIONS: tuple[Option, ...] = (
+    _o("bind", "multi", (), "Extra listener (repeatable): HOST:PORT, [V6]:PORT, unix:PATH or fd://N.",
+       metavar="ADDR", uvicorn=False),
+    _o("uds-mode", "octal", 0o666, "Permissions of UNIX sockets corral creates.", metavar="OCTAL",
+       uvicorn=False),
+    _o("config", "path", None, "A TOML file whose keys are these long option names, plus 'app'.",
+       uvicorn=False),
+    _o("pid", "path", None, "Write the master's PID to this file (atomically; removed at exit).",
+       uvicorn=False),
+    _o("preload", "flag", False, "Import the app in the master before forking (shares memory; HUP then "
+       "cannot load new code).", uvicorn=False),
+    _o("timeout-worker-boot", "float", 60.0, "A worker not ready (lifespan startup done, accepting) within "
+       "this many seconds is killed.", uvicorn=False, minimum=0.1),
+    _o("limit-worker-memory", "int", None, "A worker whose RSS passes this many MiB is replaced (replacement "
+       "first).", metavar="MIB", uvicorn=False, minimum=1),
+    _o("limit-request-line", "int", 8190, "Longest request line accepted (longer: 414).", uvicorn=False,
+       minimum=16),
+    _o("limit-request-fields", "int", 100, "Most header fields accepted in a request (more: 431).",
+       uvicorn=False, minimum=1),
+    _o("limit-request-field-size", "int", 8190, "Longest header field accepted (longer: 431).", uvicorn=False,
+       minimum=16),
+    _o("log-format", "choice", "console", "Renderer for all logs.", choices=("console", "json"),
+       uvicorn=False),
+    _o("reuse-port", "flag", False, "Set SO_REUSEPORT on listeners corral binds itself.", uvicorn=False),
+)
+
+OPTIONS: tuple[Option, ...] = UVICORN_OPTIONS + CORRAL_OPTIONS
+BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+BY_ATTR: dict[str, Option] = {opt.attr: opt for opt in OPTIONS}
+
+# `--version` and `--help` are actions, not settings; `app` is the positional argument.
+ACTIONS = ("version", "help")
