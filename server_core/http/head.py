@@ -1,0 +1,332 @@
+"""Finding, bounding and checking a request head, the same for both parsers.
+
+Sans-I/O. :class:`HeadScanner` collects the bytes of one request head as they
+arrive, enforces the size limits while the head is still incomplete (so a
+client cannot make us buffer megabytes of a head before we look at it), and
+validates the complete head against the RFC 9112 grammar before either
+library sees it. :func:`interpret` then applies the message-framing rules of
+RFC 9112 §6 to the fields the library parsed, and builds the neutral
+:class:`~server_core.state.RequestHead`.
+
+Every rejection raises :class:`Reject`, which carries its status.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from server_core.state import RequestHead
+
+
+class Reject(Exception):
+    """A request we refuse, with the status that says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """Size limits on a request head (the --limit-request-* options)."""
+
+    request_line: int = 8190
+    fields: int = 100
+    field_size: int = 8190
+    # Total head size, when the implementation has one (h11's
+    # --h11-max-incomplete-event-size); None means only the limits above.
+    head: int | None = None
+
+
+# Methods llhttp (httptools) can parse. h11 accepts any token, but both
+# parsers must behave the same, so a valid token outside this set is answered
+# 501 on both (RFC 9110 §9.1: an unrecognised method SHOULD get 501).
+KNOWN_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE OPTIONS TRACE PATCH COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+
+# RFC 9110 §5.6.2:  token = 1*tchar
+#   tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+#           "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+TOKEN_RE = re.compile(TOKEN)
+
+# RFC 9112 §3:  request-line = method SP request-target SP HTTP-version
+#   HTTP-version = HTTP-name "/" DIGIT "." DIGIT
+# The target is restricted to visible ASCII (RFC 3986 characters are a subset);
+# non-ASCII or control bytes in a target are a 400.
+TARGET_RE = re.compile(rb"[\x21-\x7e]+")
+VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
+
+# RFC 9112 §5:  field-line = field-name ":" OWS field-value OWS
+#   field-value = *field-content
+#   field-content = field-vchar [ 1*( SP / HTAB / field-vchar ) field-vchar ]
+#   field-vchar = VCHAR / obs-text
+# A name followed by whitespace before the colon (§5.1 "No whitespace is
+# allowed between the field name and colon"), a line starting with whitespace
+# (obs-fold, §5.2), and NUL/CR/LF/other controls in a value all fail this.
+FIELD_LINE = (
+    TOKEN + rb":[ \t]*(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?[ \t]*"
+)
+FIELD_LINE_RE = re.compile(FIELD_LINE)
+FIELD_BLOCK_RE = re.compile(rb"(?:" + FIELD_LINE + rb"\r\n)*")
+
+# RFC 9110 §8.6:  Content-Length = 1*DIGIT  (no sign, no hex, no list)
+DIGITS_RE = re.compile(rb"[0-9]{1,18}")
+
+CRLF = b"\r\n"
+
+
+class HeadScanner:
+    """Accumulates one request head and checks it as the bytes arrive."""
+
+    __slots__ = ("limits", "_buf", "_line_start", "_lines", "_scanned", "started")
+
+    def __init__(self, limits: HeadLimits) -> None:
+        self.limits = limits
+        self.started = False
+        self._buf = b""
+        self._line_start = 0  # offset of the line being received
+        self._lines = 0  # complete lines so far (the request line is line 1)
+        self._scanned = 0  # bytes already checked for bare LF / line ends
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """Add bytes; return ``(head, rest)`` once the head is complete, else None.
+
+        ``head`` ends with the blank line's CRLF; ``rest`` is whatever followed
+        it. Raises :class:`Reject` as soon as a limit is passed or a line ends
+        with a bare LF.
+        """
+        buf = self._buf + data if self._buf else data
+        if not self.started:
+            # RFC 9112 §2.2: a server SHOULD ignore at least one empty line
+            # (CRLF) received prior to the request-line.
+            while buf.startswith(CRLF):
+                buf = buf[2:]
+            if not buf or buf == b"\r":
+                self._buf = buf
+                return None
+            self.started = True
+        self._buf = buf
+        end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+        upto = len(buf) if end < 0 else end + 4
+        self._check(buf, upto)
+        if end < 0:
+            return None
+        return buf[:upto], buf[upto:]
+
+    def _check(self, buf: bytes, upto: int) -> None:
+        # RFC 9112 §2.2: "a recipient MAY recognize a single LF as a line
+        # terminator" — we do not: a bare LF is how request smuggling hides a
+        # line from one parser and shows it to another.
+        start = self._scanned
+        if buf.count(b"\n", start, upto) != buf.count(CRLF, max(0, start - 1), upto):
+            raise Reject(400, "bare LF in request head")
+        limits = self.limits
+        pos = self._line_start
+        while True:
+            eol = buf.find(CRLF, pos, upto)
+            if eol < 0:
+                break
+            self._measure(eol - pos)
+            self._lines += 1
+            pos = eol + 2
+        self._line_start = pos
+        self._scanned = upto
+        if upto - pos > 1:  # a partial line (a lone trailing CR may yet become CRLF)
+            self._measure(upto - pos)
+        if self._lines > limits.fields + 2:  # request line + fields + blank line
+            raise Reject(431, "too many header fields")
+        if limits.head is not None and upto > limits.head:
+            raise Reject(431, "request head too large")
+
+    def _measure(self, length: int) -> None:
+        if self._lines == 0:
+            if length > self.limits.request_line:
+                raise Reject(414, "request line too long")
+        elif length > self.limits.field_size:
+            raise Reject(431, "header field too large")
+
+
+def check_head(head: bytes) -> None:
+    """Validate a complete head (from :meth:`HeadScanner.feed`) against RFC 9112."""
+    line_end = head.index(CRLF)
+    method, sp, rest = head[:line_end].partition(b" ")
+    target, sp2, version = rest.partition(b" ")
+    if not sp or not sp2:
+        # HTTP/0.9's "GET /" has no version: not spoken here.
+        raise Reject(400, "malformed request line")
+    if not TOKEN_RE.fullmatch(method):
+        raise Reject(400, "invalid method")
+    if not TARGET_RE.fullmatch(target):
+        raise Reject(400, "invalid request target")
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        if VERSION_RE.fullmatch(version):
+            raise Reject(505, "HTTP version not supported")
+        raise Reject(400, "invalid HTTP version")
+    if method not in KNOWN_METHODS:
+        raise Reject(501, "method not implemented")
+    fields = head[line_end + 2 : -2]
+    if not FIELD_BLOCK_RE.fullmatch(fields):
+        raise Reject(400, _field_problem(fields))
+
+
+def _field_problem(fields: bytes) -> str:
+    """Name what is wrong with a field block that failed the grammar (error path only)."""
+    for line in fields.split(CRLF):
+        if not line or FIELD_LINE_RE.fullmatch(line):
+            continue
+        if line[:1] in (b" ", b"\t"):
+            return "obsolete line folding"
+        name, colon, _ = line.partition(b":")
+        if not colon:
+            return "header line without a colon"
+        if name[-1:] in (b" ", b"\t"):
+            return "whitespace before colon"
+        if not TOKEN_RE.fullmatch(name):
+            return "invalid header name"
+        return "invalid byte in header value"
+    return "invalid header block"
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    """Lower-cased members of comma-separated list fields (RFC 9110 §5.6.1)."""
+    out = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t").lower()
+            if item:
+                out.append(item)
+    return out
+
+
+def interpret(method: bytes, target: bytes, version: str,
+              headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, int | None]:
+    """Apply the framing rules; return the head and the body length (-1 chunked, None none).
+
+    ``headers`` have lower-cased names and values stripped of OWS, as both
+    adapters deliver them.
+    """
+    hosts = 0
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    expect = False
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.append(value)
+        elif name == b"connection":
+            connection.append(value)
+        elif name == b"upgrade":
+            upgrade = value
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
+
+    # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
+    # code to any HTTP/1.1 request message that lacks a Host header field and
+    # to any request message that contains more than one Host header field".
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        raise Reject(400, "missing Host header" if hosts == 0 else "several Host headers")
+
+    body: int | None = None
+    if codings:
+        # RFC 9112 §6.1: "A server MAY reject a request that contains both
+        # Content-Length and Transfer-Encoding" — we always do: it is the
+        # classic smuggling vector.
+        if lengths:
+            raise Reject(400, "both Content-Length and Transfer-Encoding")
+        # RFC 9112 §6.1: a server that receives Transfer-Encoding in an
+        # HTTP/1.0 request MUST treat the message as faulty.
+        if version == "1.0":
+            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        # RFC 9112 §6.3: "If a Transfer-Encoding header field is present in a
+        # request and the chunked transfer coding is not the final encoding,
+        # ... the server MUST respond with the 400 (Bad Request) status code".
+        #   Transfer-Encoding = #transfer-coding
+        members = _tokens(codings)
+        if not members or members[-1] != b"chunked":
+            raise Reject(400, "Transfer-Encoding does not end in chunked")
+        if len(members) > 1:
+            # §6.1: chunked MUST NOT be applied twice; any other coding is one
+            # we do not implement (a server SHOULD answer 501).
+            if b"chunked" in members[:-1]:
+                raise Reject(400, "chunked applied more than once")
+            raise Reject(501, "transfer coding not implemented")
+        body = -1
+    elif lengths:
+        # RFC 9110 §8.6:  Content-Length = 1*DIGIT. A repeated or list-valued
+        # Content-Length is rejected even when the values agree (§8.6 allows
+        # it, but two parsers may disagree on which one counts).
+        if len(lengths) > 1:
+            raise Reject(400, "repeated Content-Length")
+        if not DIGITS_RE.fullmatch(lengths[0]):
+            raise Reject(400, "invalid Content-Length")
+        body = int(lengths[0]) or None
+
+    tokens = _tokens(connection) if connection else ()
+    if version == "1.1":
+        keep_alive = b"close" not in tokens
+    else:
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    upgrade_token = None
+    if upgrade is not None and b"upgrade" in tokens:
+        first = upgrade.split(b",", 1)[0].strip(b" \t").lower()
+        upgrade_token = first or None
+
+    raw_path, query = _split_target(method, target)
+    head = RequestHead(
+        method=method.decode("ascii"),
+        raw_path=raw_path,
+        path=unquote(raw_path.decode("ascii")),
+        query_string=query,
+        http_version=version,
+        headers=headers,
+        keep_alive=keep_alive,
+        upgrade=upgrade_token,
+        expect_continue=expect and version == "1.1",
+    )
+    return head, body
+
+
+def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes]:
+    """Path and query of a request-target (RFC 9112 §3.2)."""
+    if target[0] != 0x2F:  # not origin-form ("/...")
+        if target == b"*":
+            # asterisk-form = "*", only for a server-wide OPTIONS.
+            if method != b"OPTIONS":
+                raise Reject(400, "asterisk-form target outside OPTIONS")
+            return b"*", b""
+        # absolute-form = absolute-URI; only http(s) URIs make sense here.
+        lowered = target[:8].lower()
+        if lowered.startswith(b"http://"):
+            rest = target[7:]
+        elif lowered.startswith(b"https://"):
+            rest = target[8:]
+        else:
+            raise Reject(400, "invalid request target")
+        slash = rest.find(b"/")
+        question = rest.find(b"?")
+        if question >= 0 and (slash < 0 or question < slash):
+            authority, target = rest[:question], b"/" + rest[question:]
+        elif slash >= 0:
+            authority, target = rest[:slash], rest[slash:]
+        else:
+            authority, target = rest, b"/"
+        if not authority or b"@" in authority:
+            # No host, or userinfo (deprecated by RFC 9110 §4.2.4 for http).
+            raise Reject(400, "invalid authority in request target")
+    if b"#" in target:
+        # The fragment is never part of a request-target (RFC 9112 §3.2).
+        raise Reject(400, "fragment in request target")
+    path, _, query = target.partition(b"?")
+    return path, query

@@ -1,0 +1,98 @@
+"""The httptools (llhttp) adapter: one request at a time, callbacks into lists.
+
+Sans-I/O. :class:`~server_core.http.reader.MessageReader` hands this adapter
+one pre-checked head, then exactly that request's body bytes; llhttp parses
+them through the callbacks below. llhttp is already strict; the shared checks
+in :mod:`server_core.http.head` and :mod:`server_core.http.chunked` run first
+so that both parsers refuse exactly the same requests with the same status.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from server_core.http.events import Event
+from server_core.http.head import HeadLimits
+from server_core.http.reader import Fields, LibraryError, MessageReader, body_event
+
+
+class HttptoolsParser(MessageReader):
+    """Request parser on httptools; see :class:`MessageReader` for the interface."""
+
+    def __init__(self, limits: HeadLimits | None = None, *,
+                 upgrade_tokens: frozenset[bytes] = frozenset()) -> None:
+        super().__init__(limits, upgrade_tokens=upgrade_tokens)
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._headers_done = False
+        self._complete = False
+        self._upgraded = False
+        self._start_message()
+
+    # -- llhttp callbacks (called from inside feed_data) -----------------------
+
+    def on_url(self, url: bytes) -> None:
+        if not self._headers_done:
+            self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # After the head, llhttp reports trailer fields here too: ASGI has no
+        # request trailers, so they are dropped.
+        if not self._headers_done:
+            self._headers.append((name.lower(), value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- MessageReader hooks ---------------------------------------------------
+
+    def _start_message(self) -> None:
+        # A fresh llhttp per request costs about a microsecond and means no
+        # state (an upgrade pause, a closed connection) leaks between requests.
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = []
+        self._headers = []
+        self._headers_done = False
+        self._complete = False
+        self._upgraded = False
+
+    def _parse_head(self, head: bytes) -> Fields:
+        parser = self._parser
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops after an upgrade head; whether we really switch
+            # protocols is decided by the caller.
+            self._upgraded = True
+        except httptools.HttpParserError as exc:
+            raise LibraryError(f"malformed request ({exc})") from None
+        if not self._headers_done:
+            raise LibraryError("incomplete request head")
+        target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        return parser.get_method(), target, parser.get_http_version(), self._headers
+
+    def _start_body(self, length: int) -> None:
+        if self._upgraded:
+            # The client asked for an upgrade we do not perform (h2c, or
+            # websocket with --ws none) and sent a body: llhttp has stopped, so
+            # a new parser primed with the same framing decodes the body.
+            framing = b"transfer-encoding: chunked" if length < 0 else b"content-length: %d" % length
+            self._parser = httptools.HttpRequestParser(self)
+            self._parser.feed_data(b"PUT / HTTP/1.1\r\nhost: _\r\n" + framing + b"\r\n\r\n")
+            self._complete = False
+
+    def _parse_body(self, piece: bytes, events: list[Event]) -> bool:
+        self._body = parts = []
+        try:
+            self._parser.feed_data(piece)
+        except httptools.HttpParserError as exc:
+            raise LibraryError(f"malformed request body ({exc})") from None
+        body_event(parts, events)
+        return self._complete

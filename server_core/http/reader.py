@@ -1,0 +1,170 @@
+"""The part of a parser adapter both libraries share: splitting the stream.
+
+Sans-I/O. :class:`MessageReader` cuts the byte stream into exactly one
+message at a time — head, then body of the length the framing rules give —
+and hands each piece to the library behind it. Because the library only ever
+sees one message, a pipelined request is never read as part of the previous
+body, every hardening rule runs on the same bytes for both libraries, and the
+size limits count bytes as they arrive.
+
+Subclasses implement three hooks: :meth:`_start_message`, :meth:`_parse_head`
+and :meth:`_parse_body`.
+"""
+
+from __future__ import annotations
+
+from server_core.http.chunked import ChunkScanner
+from server_core.http.events import END_OF_MESSAGE, Body, Event, ParseError
+from server_core.http.head import HeadLimits, HeadScanner, Reject, check_head, interpret
+from server_core.state import RequestHead
+
+_HEAD, _BODY, _UPGRADED, _CLOSED = range(4)
+
+Fields = tuple[bytes, bytes, str, list[tuple[bytes, bytes]]]
+
+
+class LibraryError(Exception):
+    """The library refused bytes our own checks let through (answered 400)."""
+
+
+class MessageReader:
+    """Feeds one request at a time to a parser library; emits neutral events."""
+
+    def __init__(self, limits: HeadLimits | None = None, *,
+                 upgrade_tokens: frozenset[bytes] = frozenset()) -> None:
+        self.limits = limits or HeadLimits()
+        # Upgrade tokens (b"websocket") after which the stream stops being
+        # HTTP: parsing pauses and the bytes after the head wait in
+        # ``trailing_data`` for whoever takes the connection over.
+        self.upgrade_tokens = upgrade_tokens
+        self._state = _HEAD
+        self._scanner = HeadScanner(self.limits)
+        self._remaining = 0  # Content-Length bytes still to come
+        self._chunks: ChunkScanner | None = None
+        self._rest = b""
+
+    # -- what the protocol uses ---------------------------------------------
+
+    @property
+    def head_started(self) -> bool:
+        """True while part of a request head has arrived but not all of it."""
+        return self._state == _HEAD and self._scanner.started
+
+    @property
+    def in_body(self) -> bool:
+        """True while a request body is being received."""
+        return self._state == _BODY
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after an upgrade head (the new protocol's first bytes)."""
+        return self._rest
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse ``data``; return the events it completes (possibly several requests)."""
+        events: list[Event] = []
+        try:
+            while data:
+                state = self._state
+                if state == _HEAD:
+                    found = self._scanner.feed(data)
+                    if found is None:
+                        break
+                    head, data = found
+                    self._on_head(head, events)
+                elif state == _BODY:
+                    data = self._on_body(data, events)
+                elif state == _UPGRADED:
+                    self._rest += data
+                    break
+                else:  # closed: bytes after a non-keep-alive request are ignored
+                    break
+        except Reject as exc:
+            self._state = _CLOSED
+            events.append(ParseError(exc.status, exc.reason))
+        except LibraryError as exc:
+            self._state = _CLOSED
+            events.append(ParseError(400, str(exc) or "malformed request"))
+        return events
+
+    def eof(self) -> list[Event]:
+        """The peer closed its sending side: a message cut short is an error."""
+        state = self._state
+        self._state = _CLOSED
+        if state == _BODY:
+            return [ParseError(400, "request body truncated")]
+        if state == _HEAD and self._scanner.started:
+            return [ParseError(400, "request head truncated")]
+        return []
+
+    # -- the message state machine ------------------------------------------
+
+    def _on_head(self, head: bytes, events: list[Event]) -> None:
+        check_head(head)
+        method, target, version, headers = self._parse_head(head)
+        request, body = interpret(method, target, version, headers)
+        events.append(request)
+        if request.upgrade is not None and request.upgrade in self.upgrade_tokens:
+            self._state = _UPGRADED
+            return
+        self._scanner = HeadScanner(self.limits)
+        if body is None:
+            self._finish(request, events)
+        else:
+            self._state = _BODY
+            self._start_body(body)
+            self._request = request
+            if body < 0:
+                self._chunks = ChunkScanner(self.limits.field_size, self.limits.fields)
+            else:
+                self._chunks = None
+                self._remaining = body
+
+    def _on_body(self, data: bytes, events: list[Event]) -> bytes:
+        chunks = self._chunks
+        if chunks is None:
+            take = min(self._remaining, len(data))
+            self._remaining -= take
+            done = self._remaining == 0
+        else:
+            take = chunks.feed(data)
+            done = chunks.done
+        piece, rest = (data, b"") if take == len(data) else (data[:take], data[take:])
+        complete = self._parse_body(piece, events)
+        if done:
+            if not complete:
+                raise LibraryError("parser did not see the end of the body")
+            self._finish(self._request, events)
+        return rest
+
+    def _finish(self, request: RequestHead, events: list[Event]) -> None:
+        events.append(END_OF_MESSAGE)
+        self._state = _HEAD if request.keep_alive else _CLOSED
+        self._start_message()
+
+    # -- hooks ----------------------------------------------------------------
+
+    def _start_message(self) -> None:
+        """Prepare the library for the next request."""
+        raise NotImplementedError
+
+    def _parse_head(self, head: bytes) -> Fields:
+        """Parse one complete, pre-checked head: method, target, version, headers.
+
+        Header names lower-cased, values stripped of OWS. Raise LibraryError
+        if the library refuses it.
+        """
+        raise NotImplementedError
+
+    def _start_body(self, length: int) -> None:
+        """A body follows the head just parsed (``length`` -1 means chunked)."""
+
+    def _parse_body(self, piece: bytes, events: list[Event]) -> bool:
+        """Feed body bytes; append :class:`Body` events; return True once complete."""
+        raise NotImplementedError
+
+
+def body_event(parts: list[bytes], events: list[Event]) -> None:
+    """Append the body pieces one library call produced, as a single event."""
+    if parts:
+        events.append(Body(parts[0] if len(parts) == 1 else b"".join(parts)))
