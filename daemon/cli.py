@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from daemon.config import ConfigError, build_config
+from daemon.config import Config, ConfigError, build_config
 from daemon.options import OPTIONS, Option
 from server_core import __version__
 
@@ -64,14 +64,31 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     ctx.exit(0)
 
 
-def _run(**params: Any) -> None:
-    ctx = click.get_current_context()
-    app = params.pop("app")
-    given = {
+def _given(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Only what was typed: everything else is layered by build_config."""
+    return {
         name.replace("_", "-"): value
         for name, value in params.items()
         if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
     }
+
+
+def parse_config(argv: list[str]) -> Config:
+    """Build the Config the CLI would build from ``argv`` (for the USR2 preflight check).
+
+    Raises ConfigError, or click.UsageError for what click itself rejects.
+    """
+    command = build_command()
+    with command.make_context("corral", list(argv)) as ctx:
+        params = dict(ctx.params)
+        app = params.pop("app")
+        return build_config(_given(ctx, params), app=app)
+
+
+def _run(**params: Any) -> None:
+    ctx = click.get_current_context()
+    app = params.pop("app")
+    given = _given(ctx, params)
     try:
         config = build_config(given, app=app)
     except ConfigError as exc:
