@@ -1,0 +1,87 @@
+"""Forking one worker: the only code that runs on both sides of ``os.fork()``.
+
+The parent gets the child's PID and the read end of its control pipe. The
+child leaves the master's world behind before it serves: default signal
+dispositions (the master's handlers would record into the master's memory and
+write to its wake-up pipe), no master-only descriptors (other workers' pipes,
+the wake-up pipe, the selector), then ``server_core.worker.serve`` — imported
+only here, in the child, so the master never loads the app or the protocols.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from socket import socket
+from typing import Any
+
+from server_core.control import PipeControl
+from server_core.settings import ServerSettings
+
+# Signals the master handles; a fresh worker starts with default dispositions
+# for them until serve() installs its own.
+MASTER_SIGNALS = (
+    signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD,
+)
+# Exit status of a child that crashed before or outside serve().
+EXIT_SPAWN_ERROR = 1
+
+
+def spawn_worker(settings: ServerSettings, sockets: Sequence[socket], *,
+                 close_fds: Iterable[int] = (), app: Any = None) -> tuple[int, int]:
+    """Fork a worker serving on ``sockets``; return ``(pid, control_read_fd)`` in the master."""
+    read_fd, write_fd = os.pipe()
+    # Buffered output would otherwise be written twice, once by each process.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return pid, read_fd
+    _run_child(settings, sockets, read_fd, write_fd, list(close_fds), app)
+    raise AssertionError("unreachable")  # _run_child never returns
+
+
+def _run_child(settings: ServerSettings, sockets: Sequence[socket], read_fd: int, write_fd: int,
+               close_fds: list[int], app: Any) -> None:
+    status = EXIT_SPAWN_ERROR
+    try:
+        _reset_signals()
+        os.close(read_fd)
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        from server_core.worker import serve
+
+        status = serve(settings, sockets, control=PipeControl(write_fd), app=app)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else EXIT_SPAWN_ERROR
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        # Never return into the master's code, never run its atexit handlers.
+        os._exit(status)
+
+
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in MASTER_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    # Ctrl-C in a terminal reaches the whole process group; the master decides
+    # what it means and signals the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

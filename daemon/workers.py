@@ -1,0 +1,273 @@
+"""The master's view of its workers: named states and pure decisions over them.
+
+Every worker the master forks has a :class:`WorkerRecord`. Its life is a small
+state machine (``booting → ready → draining → gone``, and ``failed`` for a
+worker that never became ready); :func:`transition` is the only place a state
+changes, so every change is logged the same way by whoever calls it.
+
+Everything the master *decides* lives here as pure functions over the records:
+what to spawn, whom to retire, when to retry a failed boot, when to give up.
+They take the clock as an argument and touch no process, pipe or socket, so
+``tests/test_decisions.py`` runs every scenario (roll, scale, recycle, crash,
+backoff) in microseconds. This module imports neither asyncio nor socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# Capped exponential backoff for a replacement that fails to boot once serving.
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+# Consecutive RSS samples over --limit-worker-memory before a worker is
+# recycled: one sample can catch a transient peak (a big response buffer).
+MEMORY_STRIKES = 3
+# A roll (or any planned replacement) starts this many new workers at a time:
+# capacity then stays between N and N + MAX_SURGE ready workers.
+MAX_SURGE = 1
+
+
+class State(enum.Enum):
+    """Where a worker is in its life, as the master sees it."""
+
+    BOOTING = "booting"  # forked; no "ready" yet (lifespan startup, binding the loop)
+    READY = "ready"  # serving, heartbeating
+    DRAINING = "draining"  # told to stop (retire, shutdown, or stuck); still may hold requests
+    FAILED = "failed"  # never became ready: boot failure or boot timeout
+    GONE = "gone"  # reaped
+
+
+# Which transitions are legal; anything else is a bug in the master.
+_ALLOWED: dict[State, frozenset[State]] = {
+    State.BOOTING: frozenset({State.READY, State.DRAINING, State.FAILED, State.GONE}),
+    State.READY: frozenset({State.DRAINING, State.GONE}),
+    State.DRAINING: frozenset({State.GONE}),
+    State.FAILED: frozenset({State.GONE}),
+    State.GONE: frozenset(),
+}
+
+
+class Reason(str, enum.Enum):
+    """Why a worker is replaced, retired or spawned (the ``reason=`` log field)."""
+
+    START = "start"
+    HUP = "hup"
+    TTIN = "ttin"
+    TTOU = "ttou"
+    WINCH = "winch"
+    MAX_REQUESTS = "max-requests"
+    MEMORY = "memory"
+    HEARTBEAT = "heartbeat"
+    CRASH = "crash"
+    BOOT_TIMEOUT = "boot-timeout"
+    BOOT_FAILED = "boot-failed"
+    RETRY = "retry"
+    SHUTDOWN = "shutdown"
+    QUIT = "quit"
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    """One worker as the master knows it. Mutable: the arbiter updates it."""
+
+    pid: int
+    serial: int  # spawn order: lower is older
+    generation: int  # the configuration generation it was started with
+    started_at: float
+    state: State = State.BOOTING
+    ready_at: float | None = None
+    last_heartbeat: float | None = None
+    # Set when the worker should be replaced (max-requests, memory, ttou,
+    # winch): it keeps serving until the replacement is ready.
+    replace_reason: str | None = None
+    # Why it is draining (retire/shutdown reason), for logs.
+    drain_reason: str | None = None
+    # When a draining or failed worker is SIGKILLed if still alive.
+    kill_at: float | None = None
+    limit_max_requests: int | None = None
+    memory_strikes: int = 0
+    exit_status: int | None = None
+    # The message of a "fail <message>" from the worker (why it cannot boot).
+    boot_error: str | None = None
+    read_fd: int | None = None
+    buffer: bytes = b""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        """Not reaped yet."""
+        return self.state is not State.GONE
+
+
+def transition(record: WorkerRecord, new: State) -> State:
+    """Move ``record`` to ``new`` and return the old state; illegal moves raise."""
+    old = record.state
+    if new is old:
+        return old
+    if new not in _ALLOWED[old]:
+        raise ValueError(f"worker {record.pid}: illegal transition {old.value} -> {new.value}")
+    record.state = new
+    return old
+
+
+def is_current(record: WorkerRecord, floor: int) -> bool:
+    """A worker that belongs in the target set: recent enough, not marked for replacement."""
+    return record.generation >= floor and record.replace_reason is None
+
+
+def doom_reason(record: WorkerRecord, floor: int) -> str | None:
+    """Why a ready worker should be replaced, or None if it should stay."""
+    if record.replace_reason is not None:
+        return record.replace_reason
+    if record.generation < floor:
+        return Reason.HUP.value
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the master should do now: spawn workers (with reasons), retire some."""
+
+    spawn: tuple[str, ...] = ()
+    retire: tuple[tuple[int, str], ...] = ()  # (pid, reason), oldest first
+
+
+def plan(records: Iterable[WorkerRecord], *, target: int, floor: int, gap_reason: str,
+         now: float, retry_at: float | None = None, max_surge: int = MAX_SURGE) -> Plan:
+    """Decide what to spawn and whom to retire so that ``target`` current workers serve.
+
+    ``floor`` is the oldest generation still counted as current (a HUP raises
+    it). A worker marked for replacement, or older than ``floor``, keeps
+    serving until a newer one is ready: planned replacements go ``max_surge``
+    at a time, and a ready worker is retired only while the ready ones would
+    still number at least ``target`` without it. Missing capacity (a crash, a
+    TTIN, the first start) is spawned at once, with ``gap_reason``. No spawn
+    happens before ``retry_at`` (backoff after a failed boot).
+    """
+    live = [r for r in records if r.state in (State.BOOTING, State.READY)]
+    serving = sorted((r for r in live if r.state is State.READY), key=lambda r: r.serial)
+    booting = [r for r in live if r.state is State.BOOTING]
+    current = sum(1 for r in live if is_current(r, floor))
+
+    spawn: list[str] = []
+    shortfall = target - current
+    if shortfall > 0 and (retry_at is None or now >= retry_at):
+        # Slots with nobody at all to serve them are filled at once; replacing
+        # a worker that still serves waits for the surge budget.
+        gap = max(0, target - len(serving) - len(booting))
+        surge = max(0, max_surge - len(booting))
+        count = min(shortfall, max(gap, surge))
+        doomed = [doom_reason(r, floor) for r in serving if doom_reason(r, floor)]
+        # Booting workers fill the empty slots first, then cover doomed ones.
+        empty = max(0, target - len(serving))
+        uncovered = doomed[max(0, len(booting) - empty):]
+        for i in range(count):
+            if i < gap:
+                spawn.append(gap_reason)
+            elif uncovered:
+                spawn.append(str(uncovered.pop(0)))
+            else:
+                spawn.append(gap_reason)
+
+    # Retire the excess of ready workers: marked/old ones first, then the oldest.
+    excess = len(serving) - target
+    retire: list[tuple[int, str]] = []
+    if excess > 0:
+        ranked = sorted(serving, key=lambda r: (doom_reason(r, floor) is None, r.serial))
+        for record in ranked[:excess]:
+            retire.append((record.pid, doom_reason(record, floor) or Reason.TTOU.value))
+    return Plan(spawn=tuple(spawn), retire=tuple(retire))
+
+
+def roll_pending(records: Iterable[WorkerRecord], floor: int) -> bool:
+    """True while some live worker is older than ``floor`` (a roll is not done)."""
+    return any(r.generation < floor for r in records if r.state in (State.BOOTING, State.READY))
+
+
+def scale(target: int, delta: int) -> int:
+    """The worker count after TTIN (+1) or TTOU (-1): never below one."""
+    return max(1, target + delta)
+
+
+def oldest_serving(records: Iterable[WorkerRecord]) -> WorkerRecord | None:
+    """The oldest ready worker not already marked for replacement (TTOU's victim)."""
+    candidates = [r for r in records if r.state is State.READY and r.replace_reason is None]
+    return min(candidates, key=lambda r: r.serial, default=None)
+
+
+def backoff_delay(failures: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds before retrying after ``failures`` consecutive failed boots (0 for none)."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, base * 2 ** (failures - 1))
+
+
+def give_up(ever_ready: bool, failed: WorkerRecord) -> bool:
+    """Stop the master instead of retrying: a boot failure before anything served.
+
+    At first start a worker that cannot boot means the app cannot start
+    (import error, lifespan failure, boot timeout); retrying would loop
+    forever, so the master exits 3 with the error. Once something has served,
+    a failure is retried with backoff while the healthy workers carry on.
+    """
+    return not ever_ready and failed.ready_at is None
+
+
+def boot_expired(record: WorkerRecord, now: float, timeout: float) -> bool:
+    """A booting worker past --timeout-worker-boot."""
+    return record.state is State.BOOTING and now - record.started_at >= timeout
+
+
+def heartbeat_expired(record: WorkerRecord, now: float, timeout: float) -> bool:
+    """A ready worker whose event loop has been silent for --timeout-worker-healthcheck."""
+    if record.state is not State.READY:
+        return False
+    last = record.last_heartbeat if record.last_heartbeat is not None else record.ready_at
+    return last is not None and now - last >= timeout
+
+
+def memory_strikes(strikes: int, rss: int, limit: int) -> int:
+    """The new count of consecutive over-limit samples (reset by one sample under it)."""
+    return strikes + 1 if rss > limit else 0
+
+
+def jittered_limit(limit: int | None, jitter: int, rng: random.Random | None = None) -> int | None:
+    """A worker's own --limit-max-requests: the limit plus a random jitter in [0, jitter].
+
+    Different limits keep workers started together from recycling together.
+    """
+    if not limit:
+        return None
+    extra = (rng or random).randint(0, jitter) if jitter > 0 else 0
+    return limit + extra
+
+
+def deadlines(records: Sequence[WorkerRecord], *, now: float, boot_timeout: float,
+              heartbeat_timeout: float) -> list[float]:
+    """Every moment at which some worker needs attention (for the selector timeout)."""
+    out: list[float] = []
+    for r in records:
+        if r.state is State.BOOTING:
+            out.append(r.started_at + boot_timeout)
+        elif r.state is State.READY:
+            last = r.last_heartbeat if r.last_heartbeat is not None else r.ready_at
+            if last is not None:
+                out.append(last + heartbeat_timeout)
+        if r.kill_at is not None and r.state in (State.DRAINING, State.FAILED):
+            out.append(r.kill_at)
+    return out
+
+
+def counts(records: Iterable[WorkerRecord]) -> tuple[int, int]:
+    """(ready, total live) for logs and the systemd STATUS line."""
+    ready = total = 0
+    for r in records:
+        if r.state is State.GONE:
+            continue
+        total += 1
+        if r.state is State.READY:
+            ready += 1
+    return ready, total
