@@ -198,3 +198,11 @@ def test_cli_config_errors_exit_2_before_binding(tmp_path: Path) -> None:
         assert proc.returncode == 2, (argv, proc.stderr)
         assert message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert readme.lstrip().startswith("# corral")
+    assert "make run" in readme and "make test" in readme
+    for opt in OPTIONS:
+        assert f"`--{opt.name}`" in readme or f"`--{opt.name}` /" in readme, opt.name
