@@ -157,12 +157,13 @@ def plan(records: Iterable[WorkerRecord], *, target: int, floor: int, gap_reason
     if shortfall > 0 and (retry_at is None or now >= retry_at):
         # Slots with nobody at all to serve them are filled at once; replacing
         # a worker that still serves waits for the surge budget.
-        gap = max(0, target - len(serving) - len(booting))
-        surge = max(0, max_surge - len(booting))
-        count = min(shortfall, max(gap, surge))
-        doomed = [doom_reason(r, floor) for r in serving if doom_reason(r, floor)]
-        # Booting workers fill the empty slots first, then cover doomed ones.
+        # Booting workers fill the empty slots first, then count against the
+        # surge budget of planned replacements.
         empty = max(0, target - len(serving))
+        gap = max(0, empty - len(booting))
+        surge = max(0, max_surge - max(0, len(booting) - empty))
+        count = min(shortfall, gap + surge)
+        doomed = [doom_reason(r, floor) for r in serving if doom_reason(r, floor)]
         uncovered = doomed[max(0, len(booting) - empty):]
         for i in range(count):
             if i < gap:
