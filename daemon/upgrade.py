@@ -1,0 +1,372 @@
+"""USR2, the binary upgrade: the master re-executes itself in place and keeps its PID.
+
+Invariant: **at most one upgrade is in flight, and the old generation keeps
+serving until the new one is ready** — a broken install, a broken app or a
+hanging startup costs a logged ``upgrade_rollback``, never an outage.
+
+Why in place. A process supervisor (supervisor, circus, systemd) watches one
+PID. A new master process would be a grandchild the supervisor does not know:
+supervisor would think its child died, systemd needs ``MAINPID=`` and
+``NotifyAccess=all`` to follow it. Re-executing keeps the PID, so every
+supervisor keeps watching the right process, the PID file stays true, and
+the workers stay the master's children (``waitpid`` keeps working). After the
+upgrade the master still sends ``MAINPID=`` and ``READY=1`` (harmless).
+
+The steps, driven by the arbiter:
+
+1. **Preflight** (:class:`Preflight`): a throw-away ``python -m daemon.upgrade
+   --check ARGV`` builds the configuration as the CLI would, imports the new
+   master modules and the new application, and exits 0 — or prints why not.
+   The arbiter waits for it in its selector with a deadline of
+   ``--timeout-worker-boot``; on failure it logs ``upgrade_rollback`` and
+   nothing else changes. The exec only happens after a successful check.
+2. **Exec** (:func:`exec_in_place`): the listening sockets and the workers'
+   control pipes are made inheritable, described in ``$CORRAL_HANDOFF``
+   (JSON, :class:`Handoff`), the master's signals are *blocked* — the mask and
+   pending signals survive ``execve``, so a TERM in the exec window is
+   delivered after the new image installs its handlers instead of killing it
+   with the default action — and ``os.execv`` runs the same interpreter with
+   the same ``sys.orig_argv`` (works for the ``corral`` script, ``python -m
+   daemon`` and a script calling ``daemon.run``).
+3. **Adopt** (new image): :func:`read_handoff` takes the description out of
+   the environment; the listeners go through ``open_listeners(config,
+   inherited=...)`` like any first start; the old workers are still children
+   and become the previous generation; then the same readiness-gated roll as
+   HUP replaces them. If the new generation is not ready within
+   ``--timeout-worker-boot`` or dies, it is killed, the old workers keep
+   serving and ``upgrade_rollback`` is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import MutableMapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, NoReturn
+
+HANDOFF_VAR = "CORRAL_HANDOFF"
+HANDOFF_VERSION = 1
+# Signals the master handles: blocked across the exec, unblocked by the new image.
+BLOCKED_SIGNALS = frozenset({
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD,
+})
+# Variables the check process must not inherit: it is not the service.
+_PRIVATE_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
+                 "LISTEN_FDNAMES", HANDOFF_VAR)
+# Master modules the check imports, so a syntax error in the new install is caught before exec.
+MASTER_MODULES = ("daemon.config", "daemon.cli", "daemon.listeners", "daemon.workers", "daemon.spawn",
+                  "daemon.pidfile", "daemon.systemd", "daemon.reloader", "daemon.arbiter",
+                  "server_core.worker")
+
+
+@dataclass(frozen=True)
+class ListenerHandoff:
+    """One listening socket crossing the exec."""
+
+    fd: int
+    address: str  # the key open_listeners looks up (daemon.listeners.address_key or the bind)
+    owned: bool  # we bound it (a UNIX path we created is ours to unlink at exit)
+
+
+@dataclass(frozen=True)
+class WorkerHandoff:
+    """One live worker crossing the exec: still our child afterwards."""
+
+    pid: int
+    control_fd: int  # read end of its control pipe
+    generation: int
+    started_at: float  # time.monotonic(): CLOCK_MONOTONIC is system-wide, so it survives exec
+    serial: int = 0
+    state: str = "ready"  # a daemon.workers.State value
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Everything the new image needs to carry on where the old one stopped."""
+
+    listeners: tuple[ListenerHandoff, ...]
+    workers: tuple[WorkerHandoff, ...]
+    generation: int
+    socket_activated: bool = False  # listeners came from systemd: do not bind the implicit default
+    upgraded_at: float = field(default_factory=time.monotonic)
+
+    def to_json(self) -> str:
+        """The handoff as the JSON text of ``$CORRAL_HANDOFF``."""
+        data = asdict(self)
+        data["v"] = HANDOFF_VERSION
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Handoff:
+        """Parse ``$CORRAL_HANDOFF``; ``ValueError`` when it is not ours or malformed."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.pop("v", None) != HANDOFF_VERSION:
+            raise ValueError("unknown CORRAL_HANDOFF version")
+        try:
+            return cls(
+                listeners=tuple(ListenerHandoff(**item) for item in data["listeners"]),
+                workers=tuple(WorkerHandoff(**item) for item in data["workers"]),
+                generation=int(data["generation"]),
+                socket_activated=bool(data.get("socket_activated", False)),
+                upgraded_at=float(data.get("upgraded_at", time.monotonic())),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed CORRAL_HANDOFF: {exc}") from None
+
+    def sockets(self) -> dict[str, socket.socket]:
+        """``{address: socket}`` for ``open_listeners(config, inherited=...)``."""
+        return {item.address: socket.socket(fileno=item.fd) for item in self.listeners}
+
+    def owned_addresses(self) -> frozenset[str]:
+        """Addresses the master bound itself (after open_listeners, set ``inherited=False`` on these)."""
+        return frozenset(item.address for item in self.listeners if item.owned)
+
+
+def read_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | None:
+    """The handoff left by the previous image, removed from the environment; None on a first start.
+
+    A malformed value is dropped with ``None``: starting fresh is safer than
+    guessing which descriptors are which.
+    """
+    env = os.environ if environ is None else environ
+    text = env.pop(HANDOFF_VAR, None)
+    os.environ.pop(HANDOFF_VAR, None)
+    if not text:
+        return None
+    try:
+        handoff = Handoff.from_json(text)
+    except ValueError:
+        return None
+    # The exec made them inheritable; the app's own subprocesses must not get them.
+    for fd in [item.fd for item in handoff.listeners] + [w.control_fd for w in handoff.workers]:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass
+    return handoff
+
+
+def block_signals() -> None:
+    """Block the master's signals (kept pending across exec)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+
+
+def unblock_signals() -> None:
+    """Unblock them; call after the new image installed its handlers (pending ones arrive now)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_SIGNALS)
+
+
+def exec_argv() -> list[str]:
+    """The command line that starts this same program again with this interpreter."""
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def exec_in_place(handoff: Handoff, argv: Sequence[str] | None = None) -> NoReturn:
+    """Replace this process's image by a fresh one of the same program, same PID.
+
+    Returns only by raising ``OSError`` when ``execv`` fails (the interpreter
+    was removed, say); the signals are unblocked and the handoff withdrawn
+    again first, so the caller logs the rollback and keeps serving.
+    """
+    for fd in [item.fd for item in handoff.listeners] + [w.control_fd for w in handoff.workers]:
+        os.set_inheritable(fd, True)
+    os.environ[HANDOFF_VAR] = handoff.to_json()
+    command = list(argv) if argv is not None else exec_argv()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    block_signals()
+    try:
+        os.execv(command[0], command)
+    except OSError:
+        os.environ.pop(HANDOFF_VAR, None)
+        unblock_signals()
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _PRIVATE_VARS}
+
+
+def config_argv(config: Any) -> list[str]:
+    """A CLI argument list that rebuilds ``config`` (``daemon.config.Config``) from its command line.
+
+    Used for the preflight whatever started the master (``corral``, ``python
+    -m daemon``, ``daemon.run``): the environment and ``--config`` file are
+    re-read by the check, exactly as the new image will. An app given as an
+    object rather than an import string cannot be re-imported: it is left out
+    and only the configuration is checked.
+    """
+    from daemon.options import BY_NAME
+
+    argv: list[str] = []
+    for name, value in config.command_line.items():
+        opt = BY_NAME[name]
+        if opt.kind == "flag":
+            if value:
+                argv.append(opt.flag)
+        elif opt.kind == "toggle":
+            argv.append(opt.flag if value else f"--no-{opt.name}")
+        elif opt.kind == "multi":
+            for item in value:
+                argv += [opt.flag, str(item)]
+        elif value is not None:
+            argv += [opt.flag, oct(value) if opt.kind == "octal" and isinstance(value, int) else str(value)]
+    if isinstance(config.given_app, str):
+        argv.append(config.given_app)
+    return argv
+
+
+class Preflight:
+    """The check process of one USR2, read from the arbiter's selector.
+
+    ``fileno()`` is its merged stdout/stderr; call :meth:`on_readable` when
+    it is readable and :meth:`expired` at the deadline. ``ok`` is None while
+    running, then True or False with ``reason`` saying why.
+    """
+
+    def __init__(self, argv: Sequence[str], timeout: float, *, cwd: str | None = None) -> None:
+        self.popen = start_preflight(argv, cwd=cwd)
+        assert self.popen.stdout is not None
+        self._fd = self.popen.stdout.fileno()
+        os.set_blocking(self._fd, False)
+        self.deadline = time.monotonic() + timeout
+        self.output = b""
+        self.ok: bool | None = None
+        self.reason = ""
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def on_readable(self) -> bool:
+        """Read what is there; True once the check has finished (``ok`` set)."""
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return False
+            if not chunk:
+                break
+            self.output = (self.output + chunk)[-65536:]
+        status = self.popen.wait()
+        self._finish(status == 0, f"check exited with status {status}")
+        return True
+
+    def expired(self, now: float | None = None) -> bool:
+        """At or past the deadline: kill the check and fail; True if it did so."""
+        if self.ok is not None or (now if now is not None else time.monotonic()) < self.deadline:
+            return False
+        self.kill()
+        self._finish(False, "check did not finish before --timeout-worker-boot")
+        return True
+
+    def kill(self) -> None:
+        """Kill and reap the check process (idempotent)."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+    def _finish(self, ok: bool, fallback: str) -> None:
+        self.ok = ok
+        if not ok:
+            lines = [ln for ln in self.output.decode(errors="replace").splitlines() if ln.strip()]
+            self.reason = lines[-1].strip() if lines else fallback
+        if self.popen.stdout is not None and not self.popen.stdout.closed:
+            self.popen.stdout.close()
+
+
+def start_preflight(argv: Sequence[str], *, cwd: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m daemon.upgrade --check ARGV`` with stdout and stderr on one pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon.upgrade", "--check", *argv],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=_check_env(), cwd=cwd, close_fds=True, start_new_session=True,
+    )
+
+
+def parse_cli_config(argv: Sequence[str]) -> Any:
+    """Build the ``Config`` the ``corral`` CLI would build from ``argv``.
+
+    Uses ``daemon.cli.parse_config`` when the lead has added it, else parses
+    with ``build_command().make_context`` and keeps, as the CLI does, only the
+    parameters given on the command line.
+    """
+    from daemon import cli
+    from daemon.config import build_config
+
+    parse = getattr(cli, "parse_config", None)
+    if parse is not None:
+        return parse(list(argv))
+    from click.core import ParameterSource
+
+    ctx = cli.build_command().make_context("corral", list(argv), resilient_parsing=False)
+    params = dict(ctx.params)
+    app = params.pop("app", None)
+    given = {name.replace("_", "-"): value for name, value in params.items()
+             if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    return build_config(given, app=app)
+
+
+def check_main(argv: Sequence[str]) -> int:
+    """The preflight itself: 0 when config, master code and app all load; else the reason, non-zero."""
+    import importlib
+
+    import click
+
+    from daemon.config import ConfigError, apply_env_file
+
+    try:
+        config = parse_cli_config(argv)
+    except ConfigError as exc:
+        print(f"corral upgrade check: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:  # --help / --version: nothing to serve
+        return int(exc.exit_code or 0)
+    except click.ClickException as exc:
+        print(f"corral upgrade check: usage error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    for module in MASTER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                print(f"corral upgrade check: cannot import {module}: {exc}", file=sys.stderr)
+                return 1
+        except Exception as exc:  # noqa: BLE001 - any failure of the new install is a reason to stay
+            print(f"corral upgrade check: cannot import {module}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    if not isinstance(config.app, str):
+        return 0
+    apply_env_file(config)
+    from server_core.importer import AppLoadError, load
+
+    try:
+        load(config.server_settings())
+    except AppLoadError as exc:
+        if exc.details:
+            print(exc.details, file=sys.stderr)
+        print(f"corral upgrade check: application cannot load: {exc.message}", file=sys.stderr)
+        return 3
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in app code included
+        print(f"corral upgrade check: application cannot load: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--check":
+        sys.exit(check_main(sys.argv[2:]))
+    print("usage: python -m daemon.upgrade --check [corral arguments]", file=sys.stderr)
+    sys.exit(2)
