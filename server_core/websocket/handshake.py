@@ -1,0 +1,121 @@
+"""The opening handshake checks and plain HTTP responses, shared by both engines.
+
+Both engines get the same, already parsed request head, so the handshake is
+validated once here and an invalid one gets the same ``400`` whichever library
+frames the messages afterwards. Responses that are not ``101`` (handshake
+errors, the denial-response extension, ``403``/``500`` before accept) are plain
+HTTP/1.1 and are written here too. Sans-I/O: no asyncio, no socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http
+from collections.abc import Iterable
+
+from server_core.state import RequestHead
+from server_core.websocket.events import HandshakeError
+
+WEBSOCKET_VERSION = b"13"
+
+
+def header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """Every value of header ``name`` (lower-case) in order of appearance."""
+    return [value for key, value in headers if key == name]
+
+
+def split_tokens(values: Iterable[bytes]) -> list[str]:
+    """Comma-separated tokens of one or more header lines, trimmed, empties dropped."""
+    tokens = []
+    for value in values:
+        for token in value.decode("latin-1").split(","):
+            token = token.strip()
+            if token:
+                tokens.append(token)
+    return tokens
+
+
+def check_request(head: RequestHead) -> None:
+    """Raise :class:`HandshakeError` (400) unless ``head`` is a valid opening handshake.
+
+    The HTTP layer already saw ``Connection: upgrade`` and ``Upgrade: websocket``;
+    what is left is RFC 6455 section 4.2.1.
+    """
+    # "An HTTP/1.1 or higher GET request, including a "Request-URI" [...]"
+    if head.method != "GET":
+        raise HandshakeError(400, "WebSocket handshake must use GET")
+    if head.http_version != "1.1":
+        raise HandshakeError(400, "WebSocket handshake needs HTTP/1.1")
+    # "A |Host| header field containing the server's authority."
+    if len(header_values(head.headers, b"host")) != 1:
+        raise HandshakeError(400, "WebSocket handshake needs exactly one Host header")
+    # "A |Sec-WebSocket-Key| header field with a base64-encoded value that,
+    #  when decoded, is 16 bytes in length."
+    keys = header_values(head.headers, b"sec-websocket-key")
+    if len(keys) != 1:
+        raise HandshakeError(400, "WebSocket handshake needs exactly one Sec-WebSocket-Key header")
+    try:
+        raw_key = base64.b64decode(keys[0].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw_key = b""
+    if len(raw_key) != 16:
+        raise HandshakeError(400, "Sec-WebSocket-Key is not the base64 encoding of 16 bytes")
+    # "A |Sec-WebSocket-Version| header field, with a value of 13."
+    # Section 4.4: a server that does not speak the requested version answers
+    # with the versions it does speak.
+    versions = header_values(head.headers, b"sec-websocket-version")
+    if [value.strip() for value in versions] != [WEBSOCKET_VERSION]:
+        raise HandshakeError(400, "Sec-WebSocket-Version must be 13",
+                             [(b"sec-websocket-version", WEBSOCKET_VERSION)])
+
+
+def offered_subprotocols(head: RequestHead) -> list[str]:
+    """The subprotocols the client offers, in its order of preference."""
+    return split_tokens(header_values(head.headers, b"sec-websocket-protocol"))
+
+
+def _check_header(name: bytes, value: bytes) -> None:
+    # A CR or LF from the application would split the response in two.
+    if not name or any(c in name for c in b"\r\n\0: ") or any(c in value for c in b"\r\n\0"):
+        raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+
+
+def response_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """An HTTP/1.1 status line and header block; header names are lower-cased."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    lines = [f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")]
+    for name, value in headers:
+        name = bytes(name).lower()
+        value = bytes(value)
+        _check_header(name, value)
+        lines.append(name + b": " + value + b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def simple_response(status: int, text: str, default_headers: Iterable[tuple[bytes, bytes]] = (),
+                    extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """A complete response with a short plain-text body and ``Connection: close``."""
+    body = text.encode("utf-8")
+    headers = [
+        *default_headers,
+        *extra_headers,
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    return response_head(status, headers) + body
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a ``Transfer-Encoding: chunked`` body (RFC 9112 section 7.1)."""
+    if not data:
+        return b""
+    return f"{len(data):x}\r\n".encode("ascii") + data + b"\r\n"
+
+
+LAST_CHUNK = b"0\r\n\r\n"
