@@ -30,7 +30,6 @@ entries that match no adopted socket are bound as usual.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -38,12 +37,14 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
+
 from daemon.listeners import ListenerError, address_key
 
 if TYPE_CHECKING:
     from daemon.config import Config
 
-logger = logging.getLogger("corral.master")
+log = structlog.get_logger("corral.master")
 
 # The first descriptor systemd passes (after stdin, stdout, stderr).
 SD_LISTEN_FDS_START = 3
@@ -75,8 +76,8 @@ def listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | None 
             return []
         count = int(raw_count)
     except ValueError:
-        logger.warning("systemd_listen_fds_ignored", extra={"reason": f"bad LISTEN_PID/LISTEN_FDS: "
-                                                                       f"{raw_pid!r}/{raw_count!r}"})
+        log.warning("systemd_listen_fds_ignored", reason="LISTEN_PID/LISTEN_FDS are not numbers",
+                    listen_pid=raw_pid, listen_fds=raw_count)
         return []
     names = raw_names.split(":") if raw_names else []
     found: list[tuple[int, str]] = []
@@ -217,7 +218,7 @@ class Notifier:
         except OSError as exc:
             if not self._warned:
                 self._warned = True
-                logger.debug("sd_notify_failed", extra={"error": str(exc), "address": repr(self.address)})
+                log.debug("sd_notify_failed", error=str(exc), address=repr(self.address))
             return False
 
     def ready(self, status: str | None = None) -> bool:
@@ -260,11 +261,3 @@ def forget_notify_socket(environ: MutableMapping[str, str] | None = None) -> Non
     env = os.environ if environ is None else environ
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(name, None)
-
-
-def status_line(ready: int, total: int, generation: int, last_failure: str | None = None) -> str:
-    """The ``STATUS=`` text: ``"3/4 workers ready, generation 2"`` plus the last failure."""
-    text = f"{ready}/{total} workers ready, generation {generation}"
-    if last_failure:
-        text += f"; last failure: {last_failure}"
-    return text
