@@ -50,8 +50,16 @@ def load(settings: ServerSettings) -> ASGIApp:
     target = import_from_string(settings.app) if isinstance(settings.app, str) else settings.app
     if target is None:
         raise AppLoadError("No application given: pass APP as module:attribute.")
-    target = _call_factory(target, settings.factory)
-    return wrap(target, settings.interface)
+    return prepare(target, settings)
+
+
+def prepare(target: Any, settings: ServerSettings) -> ASGIApp:
+    """Turn an already imported object into the ASGI 3 callable to serve.
+
+    Calls it first when it is a factory (``--factory``, or a function taking
+    no argument), then wraps it for ``settings.interface``.
+    """
+    return wrap(call_factory(target, settings.factory), settings.interface)
 
 
 def import_from_string(import_str: str) -> Any:
@@ -87,7 +95,7 @@ def _app_raised(what: str, exc: BaseException) -> AppLoadError:
     return AppLoadError(f"{what}: {summary}", details)
 
 
-def _call_factory(target: Any, factory: bool) -> Any:
+def call_factory(target: Any, factory: bool) -> Any:
     """Call ``target`` when it is an application factory."""
     if factory:
         if not callable(target):

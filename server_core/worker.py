@@ -99,7 +99,10 @@ class WorkerRuntime:
         :meth:`default_signal_handlers`) when ``install_signals`` is true.
         """
         if self.configure_logs:
-            configure_logging(self.settings)
+            try:
+                configure_logging(self.settings)
+            except ValueError as exc:  # an unusable --log-config
+                return self._boot_failed(str(exc))
         logger.info("Started server process [%d]", os.getpid())
         try:
             factory = loops.loop_factory(self.settings.loop)
@@ -315,33 +318,25 @@ def _live(tasks: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
     return [task for task in tasks if not task.done()]
 
 
-# -- logs (server_core.logs is another module's; these are thin seams) -------
+# -- logs ----------------------------------------------------------------------
 
 
 def configure_logging(settings: ServerSettings) -> None:
-    """Set up this worker's logging through :mod:`server_core.logs`."""
-    try:
-        from server_core import logs
-    except ImportError:  # TEMPORARY: until server_core/logs.py lands
-        logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else 5,
-                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
-        return
+    """Set up this worker's logging (imported late: it pulls in structlog)."""
+    from server_core import logs
+
     logs.configure(settings, process="worker")
 
 
 def make_access_log(settings: ServerSettings) -> Any:
     """The access logger for ``state.access_log``."""
-    try:
-        from server_core import logs
-    except ImportError:  # TEMPORARY: until server_core/logs.py lands
-        return None
+    from server_core import logs
+
     return logs.AccessLog(settings)
 
 
 def reopen_logs() -> None:
     """Reopen log files (USR1), e.g. after logrotate moved them."""
-    try:
-        from server_core import logs
-    except ImportError:  # TEMPORARY: until server_core/logs.py lands
-        return
+    from server_core import logs
+
     logs.reopen()

@@ -10,7 +10,7 @@ Environment (set by the tests):
 
 Routes: ``/`` ok, ``/sleep?s=N`` awaits N seconds, ``/block?until=NAME`` blocks
 the event loop until ``RT_MARKS/NAME`` exists (at most 60 s), ``/scope`` a
-JSON view of the scope, ``/pid`` the pid.
+JSON view of the scope, ``/pid`` the pid, ``/loop`` the event loop's module.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "state": dict(scope.get("state", {})),
         }
         await respond(send, json.dumps(view).encode(), b"application/json")
+    elif path == "/loop":
+        await respond(send, type(asyncio.get_running_loop()).__module__.encode())
     elif path == "/pid":
         await respond(send, str(os.getpid()).encode())
     else:
