@@ -56,6 +56,11 @@ class MessageReader:
         return self._state == _BODY
 
     @property
+    def closed(self) -> bool:
+        """True once nothing more will be parsed (an error, or a non-keep-alive request)."""
+        return self._state == _CLOSED
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received after an upgrade head (the new protocol's first bytes)."""
         return self._rest

@@ -1,0 +1,446 @@
+"""The HTTP/1.1 connection: one asyncio.Protocol for both parsers.
+
+It feeds bytes to the parser adapter, turns the neutral events into
+:class:`~server_core.http.cycle.RequestCycle` objects served one at a time in
+arrival order (pipelining), and owns everything about the connection: flow
+control in both directions, the keep-alive and request-head deadlines, the
+concurrency limit, graceful shutdown and the WebSocket hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import Any
+
+from server_core.http import make_parser
+from server_core.http.cycle import RequestCycle
+from server_core.http.events import Body, EndOfMessage, ParseError
+from server_core.http.response import simple_response
+from server_core.proxy import ProxyTrust
+from server_core.state import RequestHead, ServerState
+
+logger = logging.getLogger("corral.error")
+
+# Request bytes buffered for the application before we stop reading from the
+# socket, and the level at which reading resumes.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# Pipelined requests parsed ahead of the one being served, before we stop reading.
+MAX_PIPELINE = 16
+
+_PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+# server_core.websocket.handoff, looked up once (False: not available).
+_handoff: Any = None
+
+
+def websocket_handoff() -> Any:
+    """The WebSocket hand-off function, or None when the package is missing."""
+    global _handoff
+    if _handoff is None:
+        try:
+            from server_core.websocket import handoff
+        except ImportError:
+            _handoff = False
+        else:
+            _handoff = handoff
+    return _handoff or None
+
+
+# One ProxyTrust per settings object: its cache then serves every connection.
+_trust: dict[int, tuple[Any, ProxyTrust]] = {}
+
+
+def proxy_trust(state: ServerState) -> ProxyTrust:
+    """The worker's ProxyTrust for ``state.settings``, built once."""
+    settings = state.settings
+    found = _trust.get(id(settings))
+    if found is None or found[0] is not settings:
+        found = (settings, ProxyTrust(settings.forwarded_allow_ips))
+        _trust[id(settings)] = found
+    return found[1]
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """One client connection speaking HTTP/1.1 (httptools or h11 underneath)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        settings = state.settings
+        self.loop = asyncio.get_running_loop()
+        self.ws_enabled = settings.ws != "none" and websocket_handoff() is not None
+        self.parser = make_parser(settings, frozenset((b"websocket",)) if self.ws_enabled else frozenset())
+        self.trust = proxy_trust(state) if settings.proxy_headers else None
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.cycle: RequestCycle | None = None  # the request being answered
+        self.receiving: RequestCycle | None = None  # the request whose body is arriving
+        self.queue: deque[RequestCycle | ParseError] = deque()
+        self.buffered = 0  # request body bytes not yet taken by the application
+        self.read_paused = False
+        self.write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.closing = False  # shutdown asked: close after the current exchange
+        self.retiring = False
+        self.gone = False  # the transport is closed (or handed over)
+        self.head_at: float | None = None  # when the first byte of a pending head arrived
+        self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+
+    # -- connection lifecycle -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        here = transport.get_extra_info("sockname")
+        self.server = (str(here[0]), int(here[1])) if isinstance(here, tuple) else None
+        self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        if self.state.stopping:
+            self.closing = True
+            self.retiring = self.state.retiring
+        self.idle_since = self.loop.time()
+        self._arm(self.idle_since + self.state.settings.timeout_keep_alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        self.state.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for cycle in (self.cycle, self.receiving):
+            if cycle is not None:
+                cycle.lost()
+        self._release_drain()
+
+    def eof_received(self) -> bool | None:
+        for event in self.parser.eof():
+            self._dispatch(event)
+        # Keep the transport open for writing while something is still to be
+        # answered (a client may half-close after its last request).
+        busy = self.cycle is not None or bool(self.queue)
+        if busy:
+            # Nothing more will come: answer what is pending, then close.
+            self.closing, self.retiring = True, False
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+        return busy
+
+    def data_received(self, data: bytes) -> None:
+        events = self.parser.feed(data)
+        for event in events:
+            self._dispatch(event)
+        if self.parser.head_started:
+            if self.head_at is None:
+                self.head_at = now = self.loop.time()
+                self._arm(now + self.state.settings.timeout_request_head)
+        else:
+            self.head_at = None
+
+    def _dispatch(self, event: Any) -> None:
+        kind = type(event)
+        if kind is Body:
+            receiving = self.receiving
+            if receiving is not None:
+                receiving.body_received(event.data)
+                self.buffered += len(event.data)
+                if self.buffered > HIGH_WATER:
+                    self._pause_reading()
+        elif kind is EndOfMessage:
+            if self.receiving is not None:
+                self.receiving.message_complete()
+                self.receiving = None
+        elif kind is RequestHead:
+            self._on_head(event)
+        else:
+            self._on_error(event)
+
+    # -- requests ---------------------------------------------------------------
+
+    def _on_head(self, head: RequestHead) -> None:
+        state = self.state
+        settings = state.settings
+        state.total_requests += 1
+        limit = settings.limit_max_requests
+        if limit is not None and state.total_requests == limit and state.on_request_limit is not None:
+            state.on_request_limit()
+        client, server, scheme = self.client, self.server, self.scheme
+        if self.trust is not None:
+            client, server, scheme = self.trust.resolve_all(client, server, scheme, head.headers)
+        root = settings.root_path
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": head.http_version,
+            "server": server,
+            "client": client,
+            "scheme": scheme,
+            "method": head.method,
+            "root_path": root,
+            "path": root + head.path if root else head.path,
+            "raw_path": root.encode("ascii") + head.raw_path if root else head.raw_path,
+            "query_string": head.query_string,
+            "headers": head.headers,
+            "state": state.app_state.copy(),
+        }
+        cycle = RequestCycle(self, head, scope)
+        self.receiving = cycle
+        if self.cycle is None and not self.queue:
+            self._run(cycle)
+        else:
+            self.queue.append(cycle)
+            if len(self.queue) >= MAX_PIPELINE:
+                self._pause_reading()
+
+    def _on_error(self, error: ParseError) -> None:
+        self._pause_reading()
+        receiving = self.receiving
+        self.receiving = None
+        if receiving is not None and receiving is self.cycle:
+            # The request being served turned out malformed mid-body.
+            if receiving.head_sent:
+                receiving.lost()
+                self._close()
+                return
+            receiving.failed_status = error.status
+            receiving.lost()  # the application sees http.disconnect
+            self.cycle = None
+            self.queue.clear()
+            self.queue.append(error)
+        elif receiving is not None:
+            # A queued request: answer the error in its place.
+            self.queue.remove(receiving)
+            self.queue.append(error)
+        else:
+            self.queue.append(error)
+        if self.cycle is None:
+            self._next()
+
+    def _run(self, cycle: RequestCycle) -> None:
+        state = self.state
+        self.cycle = cycle
+        head = cycle.head
+        if head.upgrade is not None and head.upgrade == b"websocket" and self.ws_enabled:
+            self._handoff(cycle)
+            return
+        limit = state.settings.limit_concurrency
+        if limit is not None and len(state.connections) + len(state.tasks) > limit:
+            cycle.status = 503
+            cycle.keep_alive = cycle.keep_alive and cycle.body_complete
+            self.write(simple_response(503, "Service Unavailable", self.defaults(),
+                                       keep_alive=cycle.keep_alive and not self.closing))
+            cycle.complete = True
+            self.response_complete(cycle)
+            return
+        task = cycle.start(state.app, state.settings.reset_contextvars)
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    def _next(self) -> None:
+        """Start the next queued request, or go idle."""
+        while self.queue and not self.gone:
+            item = self.queue.popleft()
+            if isinstance(item, ParseError):
+                self.write(simple_response(item.status, item.reason, self.defaults()))
+                self._close()
+                return
+            self._maybe_resume(LOW_WATER)
+            self._run(item)
+            if self.cycle is not None:
+                return
+        if self.gone:
+            return
+        if self.closing and not self.retiring:
+            self._close()
+            return
+        self.idle_since = now = self.loop.time()
+        if self.parser.head_started and self.head_at is not None:
+            self._arm(self.head_at + self.state.settings.timeout_request_head)
+        else:
+            self._arm(now + self.state.settings.timeout_keep_alive)
+        self._maybe_resume(LOW_WATER)
+
+    def response_complete(self, cycle: RequestCycle, broken: bool = False) -> None:
+        """Called by the cycle once its response is fully written (or abandoned)."""
+        if cycle is not self.cycle:
+            return
+        self.cycle = None
+        if cycle is self.receiving and not cycle.body_complete:
+            # The rest of that body would be parsed as nothing useful.
+            self.receiving = None
+        self.buffered -= cycle.body_size
+        if broken or not cycle.keep_alive or self.gone:
+            self._close()
+            return
+        self._next()
+
+    # -- used by the cycle ----------------------------------------------------
+
+    def defaults(self) -> list[tuple[bytes, bytes]]:
+        """The server's own response headers (server, --header, date)."""
+        state = self.state
+        return state.default_headers + state.date_header if state.date_header else state.default_headers
+
+    def write(self, data: bytes) -> None:
+        """Write to the client (dropped once the connection is gone)."""
+        if not self.gone:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def body_consumed(self, size: int) -> None:
+        """The application took ``size`` buffered body bytes."""
+        self.buffered -= size
+        self._maybe_resume(LOW_WATER)
+
+    def want_body(self) -> None:
+        """The application waits for body bytes: make sure we are reading."""
+        self._maybe_resume(HIGH_WATER)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer drains (or the client goes)."""
+        if not self.write_paused or self.gone:
+            return
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    # -- flow control ---------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._release_drain()
+
+    def _release_drain(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.gone:
+            self.read_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def _maybe_resume(self, water: int) -> None:
+        """Resume reading once buffered body and pipelined requests are below the marks."""
+        if self.read_paused and self.buffered < water and len(self.queue) < MAX_PIPELINE \
+                and not self.parser.closed:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.gone:
+            self.read_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+
+    # -- deadlines --------------------------------------------------------------
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the single timer fires no later than ``deadline``."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_when <= deadline:
+                return  # it fires first and re-arms itself for the rest
+            timer.cancel()
+        self._timer_when = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.gone or self.cycle is not None or self.queue:
+            return  # busy: the deadline is set again when the connection idles
+        settings = self.state.settings
+        if self.parser.head_started and self.head_at is not None:
+            deadline = self.head_at + settings.timeout_request_head
+            if self.loop.time() >= deadline:
+                # Slowloris: a head that never completes. Answer and hang up.
+                self.write(simple_response(408, "Request Timeout", self.defaults()))
+                self._close()
+                return
+        elif not self.parser.in_body:
+            deadline = self.idle_since + settings.timeout_keep_alive
+            if self.loop.time() >= deadline:
+                self._close()
+                return
+        else:
+            return
+        self._arm(deadline)
+
+    # -- shutdown -------------------------------------------------------------
+
+    def shutdown(self, retire: bool) -> None:
+        """Stop after the current exchange (see ``server_core.state.Connection``)."""
+        self.closing = True
+        self.retiring = retire
+        if self.gone or self.cycle is not None or self.queue or self.parser.head_started or self.parser.in_body:
+            return  # the response in progress (or to come) carries Connection: close
+        if self._bytes_waiting():
+            return  # a request already sits in the kernel: it will be served
+        if not retire:
+            self._close()
+        # Retiring: keep the idle connection until its next request (answered
+        # with Connection: close) or the keep-alive deadline.
+
+    def abort(self) -> None:
+        """Close the transport now (after the graceful timeout)."""
+        if self.transport is not None and not self.gone:
+            self.gone = True
+            self.transport.abort()
+
+    def _bytes_waiting(self) -> bool:
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        # Peek on a temporary socket object over the same fd: the transport's
+        # wrapper does not offer recv(), and nothing is consumed.
+        probe = socket.socket(fileno=sock.fileno())
+        try:
+            return bool(probe.recv(1, _PEEK_FLAGS))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
+        finally:
+            probe.detach()
+
+    def _close(self) -> None:
+        if not self.gone and self.transport is not None:
+            self.gone = True
+            self.transport.close()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self._release_drain()
+
+    # -- WebSocket -----------------------------------------------------------------
+
+    def _handoff(self, cycle: RequestCycle) -> None:
+        handoff = websocket_handoff()
+        assert handoff is not None and self.transport is not None
+        head = cycle.head
+        scope = cycle.scope
+        self.cycle = self.receiving = None
+        self.gone = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.state.connections.discard(self)
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        new = handoff(self.state, self.transport, head, scope["client"], scope["server"],
+                      scope["scheme"], self.parser.trailing_data)
+        self.transport.set_protocol(new)
