@@ -29,7 +29,7 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., tuple[Proc, str]]]:
         sock = bound_socket()
         sockets.append(sock)
         argv = [GUNICORN, "-k", worker_class, "--bind", f"fd://{sock.fileno()}",
-                "--graceful-timeout", "20", *args, app]
+                "--graceful-timeout", "20", "--no-control-socket", *args, app]
         proc = Proc(argv, tmp_path, env=env, pass_fds=(sock.fileno(),), cwd=ROOT, name=f"gunicorn{len(started)}")
         started.append(proc)
         host, port = sock.getsockname()[:2]

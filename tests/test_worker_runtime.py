@@ -91,6 +91,13 @@ def test_ready_only_after_lifespan_startup_then_heartbeats(worker: Callable[...,
     assert get(proc.url + "/").text == "ok"
 
 
+@pytest.mark.parametrize(("loop", "module"), [("asyncio", "asyncio.unix_events"), ("uvloop", "uvloop")])
+def test_serves_on_the_chosen_loop(worker: Callable[..., WorkerProc], loop: str, module: str) -> None:
+    proc = worker({"loop": loop})
+    proc.wait_message("ready")
+    assert get(proc.url + "/loop").text == module
+
+
 def test_default_and_custom_headers(worker: Callable[..., WorkerProc]) -> None:
     proc = worker({"headers": [["X-Rt", "yes"]]})
     proc.wait_message("ready")
