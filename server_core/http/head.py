@@ -153,8 +153,13 @@ class HeadScanner:
             raise Reject(431, "header field too large")
 
 
-def check_head(head: bytes) -> None:
-    """Validate a complete head (from :meth:`HeadScanner.feed`) against RFC 9112."""
+def check_head(head: bytes) -> int | None:
+    """Validate a complete head (from :meth:`HeadScanner.feed`) against RFC 9112.
+
+    Returns the body length the framing rules give: None for no body, -1 for
+    chunked. This runs before either library sees the head, on the raw bytes,
+    because a library may already merge or drop repeated fields.
+    """
     line_end = head.index(CRLF)
     method, sp, rest = head[:line_end].partition(b" ")
     target, sp2, version = rest.partition(b" ")
@@ -174,6 +179,13 @@ def check_head(head: bytes) -> None:
     fields = head[line_end + 2 : -2]
     if not FIELD_BLOCK_RE.fullmatch(fields):
         raise Reject(400, _field_problem(fields))
+    return _framing(version, FRAMING_FIELD_RE.findall(b"\n" + fields.lower()))
+
+
+# The fields that decide framing, found in the raw (lower-cased) block. The
+# grammar check above already guarantees "name:" has no whitespace before the
+# colon and no value holds a CR.
+FRAMING_FIELD_RE = re.compile(rb"\n(host|content-length|transfer-encoding):[ \t]*([^\r]*?)[ \t]*\r")
 
 
 def _field_problem(fields: bytes) -> str:
@@ -194,48 +206,23 @@ def _field_problem(fields: bytes) -> str:
     return "invalid header block"
 
 
-def _tokens(values: list[bytes]) -> list[bytes]:
-    """Lower-cased members of comma-separated list fields (RFC 9110 §5.6.1)."""
-    out = []
-    for value in values:
-        for item in value.split(b","):
-            item = item.strip(b" \t").lower()
-            if item:
-                out.append(item)
-    return out
-
-
-def interpret(method: bytes, target: bytes, version: str,
-              headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, int | None]:
-    """Apply the framing rules; return the head and the body length (-1 chunked, None none).
-
-    ``headers`` have lower-cased names and values stripped of OWS, as both
-    adapters deliver them.
-    """
+def _framing(version: bytes, fields: list[tuple[bytes, bytes]]) -> int | None:
+    """Host and body-framing rules over the raw fields; the body length (-1: chunked)."""
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []
-    connection: list[bytes] = []
-    upgrade: bytes | None = None
-    expect = False
-    for name, value in headers:
+    for name, value in fields:
         if name == b"host":
             hosts += 1
         elif name == b"content-length":
             lengths.append(value)
-        elif name == b"transfer-encoding":
+        else:
             codings.append(value)
-        elif name == b"connection":
-            connection.append(value)
-        elif name == b"upgrade":
-            upgrade = value
-        elif name == b"expect":
-            expect = value.lower() == b"100-continue"
 
     # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
     # code to any HTTP/1.1 request message that lacks a Host header field and
     # to any request message that contains more than one Host header field".
-    if hosts > 1 or (hosts == 0 and version == "1.1"):
+    if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
         raise Reject(400, "missing Host header" if hosts == 0 else "several Host headers")
 
     body: int | None = None
@@ -247,7 +234,7 @@ def interpret(method: bytes, target: bytes, version: str,
             raise Reject(400, "both Content-Length and Transfer-Encoding")
         # RFC 9112 §6.1: a server that receives Transfer-Encoding in an
         # HTTP/1.0 request MUST treat the message as faulty.
-        if version == "1.0":
+        if version == b"HTTP/1.0":
             raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
         # RFC 9112 §6.3: "If a Transfer-Encoding header field is present in a
         # request and the chunked transfer coding is not the final encoding,
@@ -273,6 +260,38 @@ def interpret(method: bytes, target: bytes, version: str,
             raise Reject(400, "invalid Content-Length")
         body = int(lengths[0]) or None
 
+    return body
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    """Lower-cased members of comma-separated list fields (RFC 9110 §5.6.1)."""
+    out = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t").lower()
+            if item:
+                out.append(item)
+    return out
+
+
+def interpret(method: bytes, target: bytes, version: str,
+              headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    """Build the neutral head: keep-alive, upgrade, 100-continue, path and query.
+
+    ``headers`` have lower-cased names and values stripped of OWS, as both
+    adapters deliver them.
+    """
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    expect = False
+    for name, value in headers:
+        if name == b"connection":
+            connection.append(value)
+        elif name == b"upgrade":
+            upgrade = value
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
+
     tokens = _tokens(connection) if connection else ()
     if version == "1.1":
         keep_alive = b"close" not in tokens
@@ -295,7 +314,7 @@ def interpret(method: bytes, target: bytes, version: str,
         upgrade=upgrade_token,
         expect_continue=expect and version == "1.1",
     )
-    return head, body
+    return head
 
 
 def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes]:

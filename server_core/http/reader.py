@@ -105,9 +105,9 @@ class MessageReader:
     # -- the message state machine ------------------------------------------
 
     def _on_head(self, head: bytes, events: list[Event]) -> None:
-        check_head(head)
+        body = check_head(head)
         method, target, version, headers = self._parse_head(head)
-        request, body = interpret(method, target, version, headers)
+        request = interpret(method, target, version, headers)
         events.append(request)
         if request.upgrade is not None and request.upgrade in self.upgrade_tokens:
             self._state = _UPGRADED

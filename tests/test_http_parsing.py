@@ -1,0 +1,337 @@
+"""Sans-I/O request parsing: the hardening corpus and the good cases, on both parsers.
+
+Bytes in, events out: no sockets, no loop. Every case runs on httptools and
+on h11 and must give the same answer.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from server_core.http.events import Body, EndOfMessage, ParseError
+from server_core.http.head import KNOWN_METHODS, HeadLimits
+from server_core.http.parse_h11 import H11Parser
+from server_core.http.parse_httptools import HttptoolsParser
+from server_core.http.reader import MessageReader
+from server_core.state import RequestHead
+
+PARSERS = {"httptools": HttptoolsParser, "h11": H11Parser}
+
+
+@pytest.fixture(params=sorted(PARSERS))
+def make(request: pytest.FixtureRequest):
+    cls = PARSERS[request.param]
+
+    def build(limits: HeadLimits | None = None, **kw) -> MessageReader:
+        return cls(limits, **kw)
+
+    return build
+
+
+def feed_all(parser: MessageReader, data: bytes, *, eof: bool = False) -> list:
+    events = parser.feed(data)
+    if eof:
+        events += parser.eof()
+    return events
+
+
+H = b"Host: example.com\r\n"
+POST = b"POST /p HTTP/1.1\r\n" + H
+
+
+def req(*lines: bytes, body: bytes = b"", start: bytes = b"POST /p HTTP/1.1") -> bytes:
+    return start + b"\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n" + body
+
+
+CHUNKED = b"Transfer-Encoding: chunked"
+
+# (id, request bytes, expected status, feed EOF after the bytes)
+MALFORMED: list[tuple[str, bytes, int, bool]] = [
+    ("cl-and-te", req(H[:-2], b"Content-Length: 3", CHUNKED, body=b"3\r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("te-and-cl", req(H[:-2], CHUNKED, b"Content-Length: 3", body=b"abc"), 400, False),
+    ("cl-and-te-identity", req(H[:-2], b"Content-Length: 3", b"Transfer-Encoding: identity"), 400, False),
+    ("duplicate-cl-same", req(H[:-2], b"Content-Length: 3", b"Content-Length: 3", body=b"abc"), 400, False),
+    ("duplicate-cl-different", req(H[:-2], b"Content-Length: 3", b"Content-Length: 4", body=b"abcd"), 400, False),
+    ("cl-list", req(H[:-2], b"Content-Length: 3, 3", body=b"abc"), 400, False),
+    ("cl-plus", req(H[:-2], b"Content-Length: +5", body=b"abcde"), 400, False),
+    ("cl-minus", req(H[:-2], b"Content-Length: -1"), 400, False),
+    ("cl-hex", req(H[:-2], b"Content-Length: 0x10"), 400, False),
+    ("cl-inner-space", req(H[:-2], b"Content-Length: 1 0"), 400, False),
+    ("cl-empty", req(H[:-2], b"Content-Length:"), 400, False),
+    ("cl-overflow", req(H[:-2], b"Content-Length: 99999999999999999999999"), 400, False),
+    ("te-chunked-identity", req(H[:-2], b"Transfer-Encoding: chunked, identity"), 400, False),
+    ("te-identity", req(H[:-2], b"Transfer-Encoding: identity", body=b"abc"), 400, False),
+    ("te-gzip-only", req(H[:-2], b"Transfer-Encoding: gzip"), 400, False),
+    ("te-xchunked", req(H[:-2], b"Transfer-Encoding: xchunked"), 400, False),
+    ("te-chunked-twice", req(H[:-2], b"Transfer-Encoding: chunked, chunked"), 400, False),
+    ("te-two-headers-last-gzip", req(H[:-2], CHUNKED, b"Transfer-Encoding: gzip"), 400, False),
+    ("te-empty", req(H[:-2], b"Transfer-Encoding: "), 400, False),
+    ("te-gzip-chunked", req(H[:-2], b"Transfer-Encoding: gzip, chunked", body=b"0\r\n\r\n"), 501, False),
+    ("te-in-http10", req(CHUNKED, start=b"POST /p HTTP/1.0", body=b"0\r\n\r\n"), 400, False),
+    ("obs-fold", req(H[:-2], b"X-Long: a", b" continued"), 400, False),
+    ("obs-fold-tab", req(H[:-2], b"X-Long: a", b"\tcontinued"), 400, False),
+    ("obs-fold-first-line", req(b" X-Long: a", H[:-2]), 400, False),
+    ("space-before-colon", req(b"Host : example.com"), 400, False),
+    ("tab-before-colon", req(H[:-2], b"Content-Length\t: 3", body=b"abc"), 400, False),
+    ("nul-in-value", req(H[:-2], b"X-A: a\x00b"), 400, False),
+    ("cr-in-value", req(H[:-2], b"X-A: a\rb"), 400, False),
+    ("lf-in-value", req(H[:-2], b"X-A: a\nb"), 400, False),
+    ("ctl-in-value", req(H[:-2], b"X-A: a\x01b"), 400, False),
+    ("del-in-value", req(H[:-2], b"X-A: a\x7fb"), 400, False),
+    ("bad-name-char", req(H[:-2], b"X(A): 1"), 400, False),
+    ("empty-name", req(H[:-2], b": value"), 400, False),
+    ("no-colon", req(H[:-2], b"JustAName"), 400, False),
+    ("chunk-size-zz", req(H[:-2], CHUNKED, body=b"zz\r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-size-negative", req(H[:-2], CHUNKED, body=b"-1\r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-size-overflow", req(H[:-2], CHUNKED, body=b"fffffffffffffffff\r\nabc\r\n"), 400, False),
+    ("chunk-size-0x", req(H[:-2], CHUNKED, body=b"0x3\r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-size-empty", req(H[:-2], CHUNKED, body=b"\r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-size-trailing-space", req(H[:-2], CHUNKED, body=b"3 \r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-ext-garbage", req(H[:-2], CHUNKED, body=b"3;\x01\r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-ext-no-name", req(H[:-2], CHUNKED, body=b"3;=x\r\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-ext-bad-quote", req(H[:-2], CHUNKED, body=b'3;a="x\r\nabc\r\n0\r\n\r\n'), 400, False),
+    ("chunk-data-too-long", req(H[:-2], CHUNKED, body=b"3\r\nabcd\r\n0\r\n\r\n"), 400, False),
+    ("chunk-bare-lf", req(H[:-2], CHUNKED, body=b"3\nabc\r\n0\r\n\r\n"), 400, False),
+    ("chunk-data-bare-lf", req(H[:-2], CHUNKED, body=b"3\r\nabc\n0\r\n\r\n"), 400, False),
+    ("chunk-bad-trailer", req(H[:-2], CHUNKED, body=b"3\r\nabc\r\n0\r\nBad Trailer: x\r\n\r\n"), 400, False),
+    ("chunked-truncated", req(H[:-2], CHUNKED, body=b"5\r\nab"), 400, True),
+    ("chunked-no-last-chunk", req(H[:-2], CHUNKED, body=b"3\r\nabc\r\n"), 400, True),
+    ("length-truncated", req(H[:-2], b"Content-Length: 10", body=b"abc"), 400, True),
+    ("head-truncated", b"GET / HTTP/1.1\r\nHost: a\r\n", 400, True),
+    ("bare-lf-everywhere", b"GET / HTTP/1.1\nHost: a\n\n", 400, False),
+    ("bare-lf-request-line", b"GET / HTTP/1.1\nHost: a\r\n\r\n", 400, False),
+    ("bare-lf-end-of-head", b"GET / HTTP/1.1\r\nHost: a\r\n\n", 400, False),
+    ("bare-cr", b"GET / HTTP/1.1\rHost: a\r\n\r\n", 400, False),
+    ("http09", b"GET /\r\n\r\n", 400, False),
+    ("http2-version", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, False),
+    ("http99-version", b"GET / HTTP/9.9\r\nHost: a\r\n\r\n", 505, False),
+    ("http1-12-version", b"GET / HTTP/1.12\r\nHost: a\r\n\r\n", 400, False),
+    ("http1-version", b"GET / HTTP/1\r\nHost: a\r\n\r\n", 400, False),
+    ("lowercase-version", b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("no-version-name", b"GET / 1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("method-bad-char", b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("method-nul", b"G\x00T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("method-unknown", b"FROB / HTTP/1.1\r\nHost: a\r\n\r\n", 501, False),
+    ("method-lowercase", b"get / HTTP/1.1\r\nHost: a\r\n\r\n", 501, False),
+    ("connect", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501, False),
+    ("double-space", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("trailing-space-request-line", b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", 400, False),
+    ("tab-separator", b"GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("non-ascii-target", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("fragment-in-target", b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("relative-target", b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("absolute-ftp", b"GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("absolute-userinfo", b"GET http://user@a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("absolute-no-host", b"GET http:///b HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("asterisk-get", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400, False),
+    ("missing-host", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, False),
+    ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, False),
+    ("two-hosts-http10", b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400, False),
+    ("request-line-too-long", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414, False),
+    ("too-many-headers", req(H[:-2], *[b"X-%d: v" % i for i in range(101)], start=b"GET / HTTP/1.1"), 431, False),
+    ("field-too-large", req(H[:-2], b"X-Big: " + b"v" * 9000, start=b"GET / HTTP/1.1"), 431, False),
+    ("name-too-large", req(H[:-2], b"X" * 9000 + b": v", start=b"GET / HTTP/1.1"), 431, False),
+]
+
+
+@pytest.mark.parametrize(("raw", "status", "eof"), [case[1:] for case in MALFORMED],
+                         ids=[case[0] for case in MALFORMED])
+def test_malformed_request_is_refused(make, raw: bytes, status: int, eof: bool) -> None:
+    events = feed_all(make(), raw, eof=eof)
+    errors = [event for event in events if isinstance(event, ParseError)]
+    assert errors, f"accepted: {events}"
+    assert errors[0].status == status, errors[0]
+    assert events[-1] is errors[0], "events after an error"
+    # Nothing is parsed after an error, whatever comes next.
+    parser = make()
+    feed_all(parser, raw, eof=eof)
+    assert parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n") == []
+
+
+@pytest.mark.parametrize(("raw", "status", "eof"), [case[1:] for case in MALFORMED if not case[2] == 431],
+                         ids=[case[0] for case in MALFORMED if not case[2] == 431])
+def test_malformed_request_refused_byte_by_byte(make, raw: bytes, status: int, eof: bool) -> None:
+    """The same verdict when the bytes trickle in one at a time."""
+    parser = make()
+    events: list = []
+    for byte in raw:
+        events += parser.feed(bytes([byte]))
+    if eof:
+        events += parser.eof()
+    errors = [event for event in events if isinstance(event, ParseError)]
+    assert errors and errors[0].status == status, events
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(MALFORMED) >= 45
+
+
+def test_pipelined_requests_in_one_feed(make) -> None:
+    data = (b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /two?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+            b"PUT /three HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nab\r\n1;ext=\"q\"\r\nc\r\n0\r\n\r\n"
+            b"GET /four HTTP/1.1\r\nHost: a\r\n\r\n")
+    events = make().feed(data)
+    heads = [event for event in events if isinstance(event, RequestHead)]
+    assert [head.path for head in heads] == ["/one", "/two", "/three", "/four"]
+    assert heads[1].query_string == b"x=1"
+    kinds = [type(event).__name__ for event in events]
+    assert kinds == ["RequestHead", "EndOfMessage", "RequestHead", "Body", "EndOfMessage",
+                     "RequestHead", "Body", "EndOfMessage", "RequestHead", "EndOfMessage"]
+    assert events[3].data == b"hello"
+    assert events[6].data == b"abc"
+
+
+def test_pipelined_byte_by_byte_gives_same_requests(make) -> None:
+    data = (b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz"
+            b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nuvw\r\n0\r\n\r\n"
+            b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
+    parser = make()
+    events: list = []
+    for byte in data:
+        events += parser.feed(bytes([byte]))
+    heads = [event.path for event in events if isinstance(event, RequestHead)]
+    assert heads == ["/a", "/b", "/c"]
+    body = b"".join(event.data for event in events if isinstance(event, Body))
+    assert body == b"xyzuvw"
+    assert sum(isinstance(event, EndOfMessage) for event in events) == 3
+
+
+def test_chunked_body_with_trailers(make) -> None:
+    events = make().feed(req(H[:-2], CHUNKED, body=b"4;a=b\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Check: 1\r\n\r\n"))
+    assert b"".join(event.data for event in events if isinstance(event, Body)) == b"Wikipedia"
+    assert isinstance(events[-1], EndOfMessage)
+    head = events[0]
+    assert (b"x-check", b"1") not in head.headers
+
+
+def test_header_values_trimmed_and_names_lowercased(make) -> None:
+    [head, _] = make().feed(b"GET /a%20b?q=%20 HTTP/1.1\r\nHOST:   example.com  \r\nX-Empty:\r\n\r\n")
+    assert head.headers == [(b"host", b"example.com"), (b"x-empty", b"")]
+    assert head.path == "/a b" and head.raw_path == b"/a%20b" and head.query_string == b"q=%20"
+
+
+def test_expect_continue(make) -> None:
+    [head] = make().feed(req(H[:-2], b"Content-Length: 3", b"Expect: 100-continue"))
+    assert head.expect_continue
+    [head, _] = make().feed(b"GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n")
+    assert not head.expect_continue
+
+
+@pytest.mark.parametrize(("version", "connection", "keep_alive"), [
+    (b"1.1", b"", True), (b"1.1", b"Connection: close\r\n", False),
+    (b"1.1", b"Connection: keep-alive, Close\r\n", False),
+    (b"1.0", b"", False), (b"1.0", b"Connection: keep-alive\r\n", True),
+])
+def test_keep_alive_semantics(make, version: bytes, connection: bytes, keep_alive: bool) -> None:
+    parser = make()
+    events = parser.feed(b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + connection + b"\r\n")
+    assert events[0].keep_alive is keep_alive
+    # After a request that ends the connection nothing more is parsed.
+    more = parser.feed(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert bool(more) is keep_alive
+
+
+def test_websocket_upgrade_pauses_parsing(make) -> None:
+    parser = make(upgrade_tokens=frozenset({b"websocket"}))
+    raw = (b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n\x81\x05hello")
+    events = parser.feed(raw)
+    assert len(events) == 1 and events[0].upgrade == b"websocket"
+    assert parser.feed(b"more") == []
+    assert parser.trailing_data == b"\x81\x05hellomore"
+
+
+def test_upgrade_not_taken_is_plain_http(make) -> None:
+    """Upgrade: h2c (or websocket with --ws none) is served as HTTP, body included."""
+    parser = make(upgrade_tokens=frozenset({b"websocket"}))
+    events = parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 4\r\n\r\nbody"
+                         b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert events[0].upgrade == b"h2c"
+    assert [type(event).__name__ for event in events] == [
+        "RequestHead", "Body", "EndOfMessage", "RequestHead", "EndOfMessage"]
+    assert events[1].data == b"body"
+
+
+def test_upgrade_needs_connection_upgrade(make) -> None:
+    [head, _] = make().feed(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
+    assert head.upgrade is None
+
+
+def test_absolute_form_and_asterisk(make) -> None:
+    [head, _] = make().feed(b"GET http://example.com:8080/a/b?c=d HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert head.raw_path == b"/a/b" and head.query_string == b"c=d"
+    [head, _] = make().feed(b"GET HTTP://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert head.raw_path == b"/"
+    [head, _] = make().feed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.raw_path == b"*"
+
+
+def test_leading_empty_lines_are_ignored(make) -> None:
+    events = make().feed(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(events[0], RequestHead)
+
+
+def test_content_length_zero_and_http10_without_host(make) -> None:
+    events = make().feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+                         b"GET /old HTTP/1.0\r\n\r\n")
+    assert [type(event).__name__ for event in events] == [
+        "RequestHead", "EndOfMessage", "RequestHead", "EndOfMessage"]
+
+
+def test_limits_are_configurable(make) -> None:
+    limits = HeadLimits(request_line=30, fields=2, field_size=20)
+    assert make(limits).feed(b"GET /" + b"a" * 30 + b" HTTP/1.1\r\n")[0].status == 414
+    assert make(limits).feed(b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n")[0].status == 431
+    assert make(limits).feed(b"GET / HTTP/1.1\r\nHost: " + b"x" * 20 + b"\r\n\r\n")[0].status == 431
+    [head, _] = make(limits).feed(b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\n\r\n")
+    assert head.headers[1] == (b"a", b"1")
+
+
+@pytest.mark.parametrize("where", ["request-line", "field"])
+def test_huge_head_is_refused_early(make, where: str) -> None:
+    """Limits count bytes as they arrive: a megabyte head is refused after ~8 KiB."""
+    parser = make()
+    start = b"GET /" if where == "request-line" else b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: "
+    events = parser.feed(start)
+    sent = len(start)
+    while not events and sent < 1024 * 1024:
+        events = parser.feed(b"a" * 1024)
+        sent += 1024
+    assert events and events[0].status == (414 if where == "request-line" else 431)
+    assert sent <= 8190 + 2048
+
+
+def test_many_small_fields_refused_as_they_arrive(make) -> None:
+    parser = make()
+    events = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    count = 0
+    while not events and count < 10_000:
+        events = parser.feed(b"X: 1\r\n")
+        count += 1
+    assert events[0].status == 431 and count <= 102
+
+
+def test_h11_max_incomplete_event_size() -> None:
+    parser = H11Parser(max_incomplete_event_size=1000)
+    events = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-A: 12345678\r\n" * 100)
+    assert events[0].status == 431
+
+
+def test_known_methods_match_llhttp() -> None:
+    """Every method we accept parses on httptools (so h11 and httptools agree)."""
+    for method in KNOWN_METHODS:
+        events = HttptoolsParser().feed(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert isinstance(events[0], RequestHead), (method, events)
+
+
+def test_parsers_agree_on_corpus() -> None:
+    """The whole corpus gives exactly the same statuses on both parsers."""
+    for name, raw, _, eof in MALFORMED:
+        results = []
+        for cls in PARSERS.values():
+            events = feed_all(cls(), raw, eof=eof)
+            results.append([(type(e).__name__, getattr(e, "status", None)) for e in events])
+        assert results[0] == results[1], name
