@@ -1,0 +1,44 @@
+"""Test app for the systemd, upgrade and reload tests; tests copy it and rewrite its constants.
+
+Paths:
+    /          body "<worker pid>" (what tests/load.py counts)
+    /version   the module-level VERSION
+    /parent    the PID of the worker's parent (the master)
+With HANG = True, lifespan startup never completes (a boot that hangs).
+"""
+
+import asyncio
+import os
+
+VERSION = "1"
+HANG = False
+
+
+async def _lifespan(receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if HANG:
+                await asyncio.Event().wait()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/version":
+        body = VERSION
+    elif path == "/parent":
+        body = str(os.getppid())
+    else:
+        body = str(os.getpid())
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body.encode()})
