@@ -190,3 +190,21 @@ class Corral(Proc):
                 return False
 
         wait_until(answers, timeout, f"corral answering on {self.url}", alive=self.dead, interval=0.05)
+
+
+def worker_pids(master_pid: int) -> set[int]:
+    """PIDs of the live (not zombie) child processes of ``master_pid``: its workers."""
+    import psutil
+
+    try:
+        children = psutil.Process(master_pid).children()
+    except psutil.NoSuchProcess:
+        return set()
+    pids = set()
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids

@@ -11,6 +11,7 @@ Environment: MASTER_APP_STARTUP=2 makes lifespan startup take 2 seconds.
 
 import asyncio
 import os
+import sys
 import time
 
 VERSION = "1"
@@ -37,6 +38,8 @@ async def app(scope, receive, send):
     path = scope["path"]
     arg = scope["query_string"].decode() or "0"
     if path == "/sleep":
+        # An observable event for tests: the request is in flight now.
+        print(f"master_app: sleeping {arg}s in {os.getpid()}", file=sys.stderr, flush=True)
         await asyncio.sleep(float(arg))
     elif path == "/block":
         time.sleep(float(arg))
