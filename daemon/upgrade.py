@@ -52,6 +52,7 @@ from typing import Any, NoReturn
 
 HANDOFF_VAR = "CORRAL_HANDOFF"
 HANDOFF_VERSION = 1
+CHECK_PREFIX = "corral upgrade check: "
 # Signals the master handles: blocked across the exec, unblocked by the new image.
 BLOCKED_SIGNALS = frozenset({
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -281,10 +282,16 @@ class Preflight:
     def _finish(self, ok: bool, fallback: str) -> None:
         self.ok = ok
         if not ok:
-            lines = [ln for ln in self.output.decode(errors="replace").splitlines() if ln.strip()]
-            self.reason = lines[-1].strip() if lines else fallback
+            self.reason = _reason(self.output.decode(errors="replace")) or fallback
         if self.popen.stdout is not None and not self.popen.stdout.closed:
             self.popen.stdout.close()
+
+
+def _reason(output: str) -> str:
+    """One line saying why the check failed: its own verdict, else the last line it printed."""
+    marker = output.rfind(CHECK_PREFIX)
+    text = output[marker + len(CHECK_PREFIX):] if marker >= 0 else (output.strip().splitlines() or [""])[-1]
+    return " ".join(text.split())[:500]
 
 
 def start_preflight(argv: Sequence[str], *, cwd: str | None = None) -> subprocess.Popen[bytes]:
@@ -330,22 +337,22 @@ def check_main(argv: Sequence[str]) -> int:
     try:
         config = parse_cli_config(argv)
     except ConfigError as exc:
-        print(f"corral upgrade check: configuration error: {exc}", file=sys.stderr)
+        print(f"{CHECK_PREFIX}configuration error: {exc}", file=sys.stderr)
         return 2
     except click.exceptions.Exit as exc:  # --help / --version: nothing to serve
         return int(exc.exit_code or 0)
     except click.ClickException as exc:
-        print(f"corral upgrade check: usage error: {exc.format_message()}", file=sys.stderr)
+        print(f"{CHECK_PREFIX}usage error: {exc.format_message()}", file=sys.stderr)
         return 2
     for module in MASTER_MODULES:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module:
-                print(f"corral upgrade check: cannot import {module}: {exc}", file=sys.stderr)
+                print(f"{CHECK_PREFIX}cannot import {module}: {exc}", file=sys.stderr)
                 return 1
         except Exception as exc:  # noqa: BLE001 - any failure of the new install is a reason to stay
-            print(f"corral upgrade check: cannot import {module}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"{CHECK_PREFIX}cannot import {module}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     if not isinstance(config.app, str):
         return 0
@@ -357,10 +364,10 @@ def check_main(argv: Sequence[str]) -> int:
     except AppLoadError as exc:
         if exc.details:
             print(exc.details, file=sys.stderr)
-        print(f"corral upgrade check: application cannot load: {exc.message}", file=sys.stderr)
+        print(f"{CHECK_PREFIX}application cannot load: {exc.message}", file=sys.stderr)
         return 3
     except BaseException as exc:  # noqa: BLE001 - SystemExit in app code included
-        print(f"corral upgrade check: application cannot load: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{CHECK_PREFIX}application cannot load: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
     return 0
 
