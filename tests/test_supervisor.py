@@ -1,0 +1,188 @@
+"""corral as a supervisor [fcgi-program:corral] entry, running the shipped etc/supervisord.conf.
+
+The test copies etc/supervisord.conf into tmp_path, substitutes only the paths
+and the port (each substitution must match), and runs the real
+``supervisord -n -c CONF`` in the foreground. supervisord binds the socket and
+hands it to corral as fd 0.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.load import Load
+from tests.support import FACTOR, ROOT, Proc, free_port, require_tool, wait_until
+
+SHIPPED = ROOT / "etc" / "supervisord.conf"
+BIN = Path(sys.executable).parent
+
+
+def corral_command() -> str:
+    """The `corral` console script of this environment, else `python -m daemon`."""
+    script = BIN / "corral"
+    return str(script) if script.exists() else f"{sys.executable} -m daemon"
+
+
+def render_supervisor_conf(tmp: Path, *, port: int) -> Path:
+    """etc/supervisord.conf with its documented paths and port rewritten into ``tmp``."""
+    (tmp / "run").mkdir(exist_ok=True)
+    (tmp / "log").mkdir(exist_ok=True)
+    text = SHIPPED.read_text()
+    substitutions = {
+        "/srv/app/.venv/bin/corral": corral_command(),
+        "directory=/srv/app": f"directory={ROOT}",
+        "tcp://127.0.0.1:8000": f"tcp://127.0.0.1:{port}",
+        "/run/supervisor/": f"{tmp}/run/",
+        "/var/log/supervisor": f"{tmp}/log",
+    }
+    for old, new in substitutions.items():
+        assert old in text, f"etc/supervisord.conf no longer contains {old!r}; update tests/test_supervisor.py"
+        text = text.replace(old, new)
+    conf = tmp / "supervisord.conf"
+    conf.write_text(text)
+    return conf
+
+
+@dataclass
+class Supervised:
+    """supervisord running corral on ``url``."""
+
+    supervisord: Proc
+    conf: Path
+    ctl_bin: str
+    url: str
+    log: Path
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        """Run supervisorctl against this supervisord and return its output."""
+        done = subprocess.run([self.ctl_bin, "-c", str(self.conf), *args], capture_output=True, text=True,
+                              timeout=30 * FACTOR)
+        if check and done.returncode != 0:
+            pytest.fail(f"supervisorctl {' '.join(args)} exited {done.returncode}: {done.stdout}{done.stderr}")
+        return done.stdout.strip()
+
+    def master_pid(self) -> int:
+        return int(self.ctl("pid", "corral"))
+
+    def state(self) -> str:
+        fields = self.ctl("status", "corral", check=False).split()
+        return fields[1] if len(fields) > 1 else ""
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def program_log(self) -> str:
+        path = self.log.parent / "corral.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _serves(url: str) -> bool:
+    try:
+        response = httpx.get(url + "/", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.text.startswith("Hello from corral")
+
+
+def _workers(master: int) -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process(master).children()}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.fixture
+def supervised(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Supervised]:
+    supervisord = require_tool("supervisord", str(BIN / "supervisord"))
+    ctl_bin = require_tool("supervisorctl", str(BIN / "supervisorctl"))
+    port = free_port()
+    conf = render_supervisor_conf(tmp_path, port=port)
+    proc = procs([supervisord, "-n", "-c", str(conf)], name="supervisord")
+    sup = Supervised(proc, conf, ctl_bin, f"http://127.0.0.1:{port}", tmp_path / "log" / "supervisord.log")
+
+    def alive() -> str | None:
+        dead = proc.dead()
+        if dead is None and "exited: corral" in sup.log_text():
+            dead = f"corral failed under supervisord:\n{sup.log_text()[-3000:]}\n{sup.program_log()[-3000:]}"
+        return dead
+
+    wait_until(lambda: _serves(sup.url), 30, "corral serving under supervisord", alive=alive, interval=0.05)
+    wait_until(lambda: sup.state() == "RUNNING", 30, "supervisorctl status RUNNING", alive=alive)
+    master = sup.master_pid()
+    wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
+    try:
+        yield sup
+    finally:
+        # The program runs in its own process group under supervisord: kill it
+        # by PID too, in case the test failed before stopping it.
+        for pid in _workers(master) | {master}:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_hup_roll_under_load_then_clean_stop(supervised: Supervised) -> None:
+    master = supervised.master_pid()
+    old = _workers(master)
+    with Load(supervised.url + "/", clients=4, duration=90) as load:
+        load.wait_successes(50)
+        assert supervised.ctl("signal", "HUP", "corral") == "corral: signalled"
+
+        def rolled() -> bool:
+            workers = _workers(master)
+            return len(workers) == 2 and not workers & old
+
+        wait_until(rolled, 60, "both workers replaced after HUP", alive=supervised.supervisord.dead,
+                   interval=0.05)
+        load.wait_successes(50)
+    report = load.report
+    assert report.failed == 0, report.summary()
+    assert supervised.master_pid() == master
+    assert supervised.state() == "RUNNING"
+
+    workers = _workers(master)
+    assert supervised.ctl("stop", "corral") == "corral: stopped"
+    wait_until(lambda: "stopped: corral (exit status 0)" in supervised.log_text(), 30,
+               "'stopped: corral (exit status 0)' in the supervisord log", alive=supervised.supervisord.dead)
+    assert supervised.state() == "STOPPED"
+    for pid in workers | {master}:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+
+
+def test_usr2_upgrade_keeps_the_pid_supervisor_watches(supervised: Supervised) -> None:
+    master = supervised.master_pid()
+    old = _workers(master)
+    with Load(supervised.url + "/", clients=4, duration=90) as load:
+        load.wait_successes(50)
+        assert supervised.ctl("signal", "USR2", "corral") == "corral: signalled"
+
+        def upgraded() -> bool:
+            workers = _workers(master)
+            return len(workers) == 2 and not workers & old
+
+        def failed() -> str | None:
+            log = supervised.program_log()
+            for event in ("upgrade_rollback", "upgrade_unavailable", "upgrade_failed"):
+                if event in log:
+                    return f"corral logged {event}:\n{log[-3000:]}"
+            return supervised.supervisord.dead()
+
+        wait_until(upgraded, 90, "the upgraded master's workers replacing the old ones", alive=failed,
+                   interval=0.05)
+        load.wait_successes(50)
+    report = load.report
+    assert report.failed == 0, report.summary()
+    # Re-executed in place: supervisor still watches the same, running process.
+    assert supervised.master_pid() == master
+    assert supervised.state() == "RUNNING"
+    assert "exited: corral" not in supervised.log_text()
+    assert _serves(supervised.url)
