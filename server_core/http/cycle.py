@@ -225,6 +225,8 @@ class RequestCycle:
         head, self.framing, self.length_left, self.keep_alive = resp.encode_head(
             self.status, self.headers, protocol.defaults(), keep_alive=keep_alive, http10=self.head.http_version == "1.0",
             head_request=self.head.method == "HEAD", body_length=body_length)
+        if self.framing != resp.LENGTH:
+            self.length_left = None  # only a length-framed body is counted
         self.head_sent = True
         protocol.write(head)
 

@@ -1,0 +1,638 @@
+"""The HTTP/1.1 protocol in process: a real loop, real sockets, real clients.
+
+Each test starts ``loop.create_server(lambda: HTTPProtocol(state), sock=...)``
+on an event loop in a background thread and talks to it with raw sockets or
+httpx from the test thread. Every case runs on httptools and on h11.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from server_core.http.protocol import HTTPProtocol
+from server_core.settings import ServerSettings
+from server_core.state import ServerState
+from tests.apps import http_apps
+from tests.support import FACTOR, deadline, wait_until
+
+
+class Server:
+    """An HTTPProtocol server on a loop thread; stopped by the fixture."""
+
+    def __init__(self, app: Any, **settings: Any) -> None:
+        settings.setdefault("ws", "none")
+        self.settings = ServerSettings(**settings)
+        self.state = ServerState(settings=self.settings, app=app)
+        self.state.default_headers = [(b"server", b"corral")]
+        self.state.date_header = [(b"date", b"Thu, 01 Jan 2026 00:00:00 GMT")]
+        self.loop = asyncio.new_event_loop()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = self.call(self._start)
+
+    async def _start(self) -> asyncio.AbstractServer:
+        return await self.loop.create_server(lambda: HTTPProtocol(self.state), sock=self.sock)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (a function or a coroutine function) on the loop; return its result."""
+        async def runner() -> Any:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(runner(), self.loop).result(10 * FACTOR)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            for conn in list(self.state.connections):
+                conn.abort()
+            for task in list(self.state.tasks):
+                task.cancel()
+            await asyncio.sleep(0)
+
+        try:
+            self.call(close)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+            self.sock.close()
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(app: Any, **settings: Any) -> Server:
+        server = Server(app, http=request.param, **settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class Client:
+    """A raw socket client that reads whole HTTP responses."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10 * FACTOR)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            if not self._fill():
+                raise ConnectionError(f"closed before {marker!r}; got {self.buf!r}")
+        index = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:index], self.buf[index:]
+        return out
+
+    def read_exact(self, size: int) -> bytes:
+        while len(self.buf) < size:
+            if not self._fill():
+                raise ConnectionError("closed early")
+        out, self.buf = self.buf[:size], self.buf[size:]
+        return out
+
+    def response(self, head_request: bool = False) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Read one response: status, headers (lower-cased names), de-chunked body."""
+        head = self.read_until(b"\r\n\r\n")
+        lines = head[:-4].split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.lower()] = value.strip()
+        if head_request or status in (204, 304) or 100 <= status < 200:
+            return status, headers, b""
+        if b"content-length" in headers:
+            return status, headers, self.read_exact(int(headers[b"content-length"]))
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while True:
+                size = int(self.read_until(b"\r\n")[:-2].split(b";")[0], 16)
+                if size == 0:
+                    self.read_until(b"\r\n")
+                    return status, headers, body
+                body += self.read_exact(size)
+                self.read_until(b"\r\n")
+        while self._fill():
+            pass
+        body, self.buf = self.buf, b""
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """True once the server closed the connection (all pending data drained)."""
+        try:
+            self.sock.settimeout(10 * FACTOR)
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.buf += data
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[int], Client]]:
+    made: list[Client] = []
+
+    def connect(port: int) -> Client:
+        client = Client(port)
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        client.close()
+
+
+GET = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(serve, clients) -> None:
+    server = serve(http_apps.scope_dump)
+    client = clients(server.port)
+    ports = []
+    for path in (b"/a", b"/b", b"/c"):
+        client.send(GET % path)
+        status, headers, body = client.response()
+        assert status == 200 and b"connection" not in headers
+        scope = json.loads(body)
+        assert scope["path"] == path.decode()
+        ports.append(scope["client"][1])
+    assert len(set(ports)) == 1
+    assert server.state.total_requests == 3
+
+
+def test_default_headers(serve, clients) -> None:
+    server = serve(http_apps.echo, headers=(("x-extra", "1"),))
+    server.state.default_headers = [(b"server", b"corral"), (b"x-extra", b"1")]
+    client = clients(server.port)
+    client.send(GET % b"/")
+    _, headers, _ = client.response()
+    assert headers[b"server"] == b"corral"
+    assert headers[b"date"] == b"Thu, 01 Jan 2026 00:00:00 GMT"
+    assert headers[b"x-extra"] == b"1"
+
+
+def test_pipelined_requests_answered_in_order(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(b"POST /one HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+                b"GET /two HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /three HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n")
+    answers = [client.response() for _ in range(3)]
+    assert [headers[b"x-path"] for _, headers, _ in answers] == [b"/one", b"/two", b"/three"]
+    assert [body for _, _, body in answers] == [b"abc", b"", b"xy"]
+
+
+def test_one_mebibyte_post_echoed_intact(serve) -> None:
+    server = serve(http_apps.echo)
+    payload = bytes(range(256)) * 4096
+    response = httpx.post(server.url + "/big", content=payload, timeout=30 * FACTOR)
+    assert response.status_code == 200
+    assert response.content == payload
+
+
+def test_chunked_request_and_chunked_response(serve, clients) -> None:
+    server = serve(http_apps.streamed_echo)
+    client = clients(server.port)
+    body = b"0123456789" * 350
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 700]), body[i:i + 700]) for i in range(0, len(body), 700))
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    status, headers, received = client.response()
+    assert headers[b"transfer-encoding"] == b"chunked" and b"content-length" not in headers
+    assert received == body
+    # httpx agrees on the framing, with a streamed (chunked) upload.
+    response = httpx.post(server.url, content=iter([body[:1000], body[1000:]]), timeout=10 * FACTOR)
+    assert response.content == body
+
+
+def test_single_message_response_gets_content_length(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+    _, headers, body = client.response()
+    assert headers[b"content-length"] == b"5" and body == b"hello"
+
+
+def test_expect_100_continue(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    assert client.read_until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.send(b"data")
+    status, _, body = client.response()
+    assert status == 200 and body == b"data"
+
+
+def test_no_100_continue_when_app_answers_without_reading(serve, clients) -> None:
+    server = serve(http_apps.no_read_reply)
+    client = clients(server.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    status, headers, _ = client.response()
+    assert status == 413
+    assert headers[b"connection"] == b"close"  # the unread body cannot be skipped
+    assert client.closed()
+
+
+def test_head_has_no_body_bytes(serve, clients) -> None:
+    server = serve(http_apps.head_aware)
+    client = clients(server.port)
+    client.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, headers, _ = client.response(head_request=True)
+    assert status == 200 and headers[b"content-length"] == b"10"
+    # If HEAD had carried body bytes, they would be read as the next status line.
+    status, _, body = client.response()
+    assert status == 200 and body == b"0123456789"
+
+
+def test_http10_client(serve, clients) -> None:
+    server = serve(http_apps.streamed_echo)
+    client = clients(server.port)
+    client.send(b"POST / HTTP/1.0\r\nContent-Length: 3000\r\n\r\n" + b"z" * 3000)
+    status, headers, body = client.response()
+    # No chunked encoding for HTTP/1.0: the body ends with the connection.
+    assert b"transfer-encoding" not in headers and headers[b"connection"] == b"close"
+    assert body == b"z" * 3000
+
+
+def test_http10_keep_alive(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    for _ in range(2):
+        client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = client.response()
+        assert status == 200 and headers[b"connection"] == b"keep-alive"
+
+
+def test_limit_concurrency_answers_503(serve, clients) -> None:
+    controlled = http_apps.Controlled()
+    server = serve(controlled.wait_release, limit_concurrency=2)
+    first = clients(server.port)
+    first.send(GET % b"/slow")
+    wait_until(lambda: controlled.started == 1, 10, "the first request to start")
+    second = clients(server.port)
+    second.send(GET % b"/")
+    status, _, body = second.response()
+    assert status == 503 and body == b"Service Unavailable"
+    server.call(lambda: controlled.release.set())
+    assert first.response()[0] == 200
+
+
+def test_keep_alive_timeout_closes_idle_connection(serve, clients) -> None:
+    server = serve(http_apps.echo, timeout_keep_alive=0.5)
+    client = clients(server.port)
+    client.send(GET % b"/")
+    assert client.response()[0] == 200
+    started = time.monotonic()
+    assert client.closed()
+    assert time.monotonic() - started >= 0.4
+    wait_until(lambda: not server.state.connections, 10, "the connection to be forgotten")
+
+
+def test_silent_connection_closed_after_keep_alive_timeout(serve, clients) -> None:
+    server = serve(http_apps.echo, timeout_keep_alive=0.3)
+    client = clients(server.port)
+    assert client.closed()
+
+
+def test_slowloris_cut_off_while_others_are_served(serve, clients) -> None:
+    server = serve(http_apps.echo, timeout_request_head=1.0, timeout_keep_alive=30)
+    slow = clients(server.port)
+    slow.send(b"GET / HTTP/1.1\r\n")
+    started = time.monotonic()
+    end = deadline(10)
+    answered = 0
+    while time.monotonic() < end:
+        try:
+            slow.send(b"X")  # one byte at a time, never finishing the head
+        except OSError:
+            break
+        other = clients(server.port)
+        other.send(GET % b"/fast")
+        assert other.response()[0] == 200
+        answered += 1
+        ready, _, _ = select.select([slow.sock], [], [], 0.1)
+        if ready:
+            break
+    status, headers, _ = slow.response()
+    assert status == 408 and headers[b"connection"] == b"close"
+    assert slow.closed()
+    assert 0.9 <= time.monotonic() - started < 10 * FACTOR
+    assert answered >= 3
+
+
+def test_malformed_request_gets_400_and_server_keeps_serving(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    bad = clients(server.port)
+    bad.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    status, headers, _ = bad.response()
+    assert status == 400 and headers[b"connection"] == b"close"
+    assert bad.closed()
+    good = clients(server.port)
+    good.send(GET % b"/after")
+    assert good.response()[1][b"x-path"] == b"/after"
+
+
+def test_malformed_request_after_good_one_in_pipeline(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(GET % b"/ok" + b"GET / HTTP/1.1\r\nHost : t\r\n\r\n")
+    assert client.response()[0] == 200
+    assert client.response()[0] == 400
+    assert client.closed()
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+])
+def test_limit_statuses_on_the_wire(serve, clients, raw: bytes, status: int) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(raw)
+    assert client.response()[0] == status
+
+
+def test_truncated_chunked_body_at_half_close(serve, clients) -> None:
+    controlled = http_apps.Controlled()
+    server = serve(controlled.record_receive)
+    client = clients(server.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+    client.sock.shutdown(socket.SHUT_WR)
+    status, _, _ = client.response()
+    assert status == 400
+    wait_until(lambda: controlled.disconnected, 10, "the app to see http.disconnect")
+
+
+def test_app_exception_gives_500_and_is_logged(serve, clients, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="corral.error")
+    server = serve(http_apps.boom)
+    client = clients(server.port)
+    client.send(GET % b"/")
+    status, headers, _ = client.response()
+    assert status == 500 and headers[b"connection"] == b"close"
+    wait_until(lambda: "boom from the app" in caplog.text, 10, "the traceback in the log")
+    assert "Exception in ASGI application" in caplog.text
+
+
+def test_app_exception_after_start_closes_connection(serve, clients, caplog) -> None:
+    server = serve(http_apps.boom_after_start)
+    client = clients(server.port)
+    client.send(GET % b"/")
+    head = client.read_until(b"\r\n\r\n")
+    assert b"200 OK" in head and b"transfer-encoding: chunked" in head
+    assert client.closed()
+    assert not client.buf.endswith(b"0\r\n\r\n")  # never a clean end of body
+
+
+def test_app_returning_without_response_gives_500(serve, clients) -> None:
+    server = serve(http_apps.silent)
+    client = clients(server.port)
+    client.send(GET % b"/")
+    assert client.response()[0] == 500
+
+
+def test_retire_answers_next_request_with_connection_close(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(GET % b"/first")
+    assert client.response()[0] == 200
+    server.call(lambda: [conn.shutdown(True) for conn in list(server.state.connections)])
+    # Retiring keeps the idle connection: the next request is served, with close.
+    client.send(GET % b"/second")
+    status, headers, _ = client.response()
+    assert status == 200 and headers[b"connection"] == b"close"
+    assert client.closed()
+
+
+def test_shutdown_closes_idle_connection_at_once(serve, clients) -> None:
+    server = serve(http_apps.echo, timeout_keep_alive=60)
+    client = clients(server.port)
+    client.send(GET % b"/")
+    assert client.response()[0] == 200
+    server.call(lambda: [conn.shutdown(False) for conn in list(server.state.connections)])
+    started = time.monotonic()
+    assert client.closed()
+    assert time.monotonic() - started < 5 * FACTOR
+
+
+def test_shutdown_serves_request_already_waiting_in_kernel(serve, clients) -> None:
+    """Bytes the loop has not read yet when shutdown starts are still a request to serve."""
+    server = serve(http_apps.echo, timeout_keep_alive=60)
+    client = clients(server.port)
+    client.send(GET % b"/warmup")
+    assert client.response()[0] == 200
+    fds = server.call(lambda: [conn.transport.get_extra_info("socket").fileno()
+                               for conn in server.state.connections])
+    gate = threading.Event()
+
+    def block_then_shutdown() -> None:
+        # Runs on the loop thread: the loop cannot read the new bytes meanwhile.
+        assert gate.wait(10 * FACTOR)
+        for conn in list(server.state.connections):
+            conn.shutdown(False)
+
+    server.loop.call_soon_threadsafe(block_then_shutdown)
+    client.send(GET % b"/waiting")
+    wait_until(lambda: select.select(fds, [], [], 0)[0], 10, "the request bytes in the server's socket")
+    gate.set()
+    status, headers, _ = client.response()
+    assert status == 200 and headers[b"x-path"] == b"/waiting"
+    assert headers[b"connection"] == b"close"
+    assert client.closed()
+
+
+def test_shutdown_during_request_finishes_it_with_close(serve, clients) -> None:
+    controlled = http_apps.Controlled()
+    server = serve(controlled.wait_release)
+    client = clients(server.port)
+    client.send(GET % b"/")
+    wait_until(lambda: controlled.started == 1, 10, "the request to start")
+    server.call(lambda: [conn.shutdown(False) for conn in list(server.state.connections)])
+    server.call(lambda: controlled.release.set())
+    status, headers, _ = client.response()
+    assert status == 200 and headers[b"connection"] == b"close"
+    assert client.closed()
+
+
+@pytest.mark.parametrize(("allow", "expect_client", "expect_scheme"), [
+    (("127.0.0.1",), "203.0.113.7", "https"),
+    (("10.1.2.3",), "127.0.0.1", "http"),
+])
+def test_proxy_headers_trusted_and_untrusted(serve, clients, allow, expect_client, expect_scheme) -> None:
+    server = serve(http_apps.scope_dump, forwarded_allow_ips=allow)
+    client = clients(server.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\n"
+                b"X-Forwarded-Proto: https\r\nX-Forwarded-Port: 8443\r\n\r\n")
+    scope = json.loads(client.response()[2])
+    assert scope["client"][0] == expect_client
+    assert scope["scheme"] == expect_scheme
+    assert (scope["server"][1] == 8443) is (expect_scheme == "https")
+
+
+def test_proxy_headers_off(serve, clients) -> None:
+    server = serve(http_apps.scope_dump, proxy_headers=False, forwarded_allow_ips=("*",))
+    client = clients(server.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n")
+    assert json.loads(client.response()[2])["client"][0] == "127.0.0.1"
+
+
+def test_scope_contents(serve, clients) -> None:
+    server = serve(http_apps.scope_dump, root_path="/mount")
+    server.state.app_state["answer"] = 42
+    client = clients(server.port)
+    client.send(b"GET /a%20b?x=1&y=%20 HTTP/1.1\r\nHost: t\r\nX-Thing: v\r\n\r\n")
+    scope = json.loads(client.response()[2])
+    assert scope["type"] == "http" and scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["http_version"] == "1.1" and scope["method"] == "GET" and scope["scheme"] == "http"
+    assert scope["root_path"] == "/mount"
+    assert scope["path"] == "/mount/a b" and scope["raw_path"] == "/mount/a%20b"
+    assert scope["query_string"] == "x=1&y=%20"
+    assert ["x-thing", "v"] in scope["headers"]
+    assert scope["server"] == ["127.0.0.1", server.port]
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["state"] == {"answer": 42}
+
+
+def test_slow_reader_pauses_the_app(serve, clients) -> None:
+    """A client that does not read makes the app's send() wait (write flow control)."""
+    controlled = http_apps.Controlled()
+    server = serve(controlled.stream)
+    client = clients(server.port)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    client.send(GET % b"/")
+
+    def stuck() -> bool:
+        paused = server.call(lambda: [c.write_paused for c in server.state.connections])
+        return paused == [True] and controlled.in_send
+
+    wait_until(stuck, 20, "the app to wait in send() behind a paused transport")
+    sent_while_stuck = controlled.sent
+    assert sent_while_stuck < 16 * 1024 * 1024  # far from the 32 MiB it wants to send
+    status, _, body = client.response()
+    assert status == 200 and len(body) == 512 * 65536
+    wait_until(lambda: controlled.done, 10, "the app to finish")
+
+
+def test_large_upload_to_slow_app_pauses_reading(serve, clients) -> None:
+    """An app that does not read makes us stop reading the socket (read flow control)."""
+    controlled = http_apps.Controlled()
+    server = serve(controlled.wait_release)
+    client = clients(server.port)
+    client.sock.setblocking(False)
+    client.sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 67108864\r\n\r\n")
+    sent = 0
+    end = deadline(20)
+    chunk = b"u" * 65536
+    while time.monotonic() < end:
+        _, writable, _ = select.select([], [client.sock], [], 0.5)
+        if not writable:
+            if server.call(lambda: [c.read_paused for c in server.state.connections]) == [True]:
+                break
+            continue
+        try:
+            sent += client.sock.send(chunk)
+        except BlockingIOError:
+            continue
+    assert server.call(lambda: [c.read_paused for c in server.state.connections]) == [True]
+    assert sent < 32 * 1024 * 1024
+    buffered = server.call(lambda: [c.buffered for c in server.state.connections])[0]
+    assert buffered <= 1024 * 1024
+
+
+def test_disconnect_seen_when_client_leaves_mid_request(serve, clients) -> None:
+    controlled = http_apps.Controlled()
+    server = serve(controlled.record_receive)
+    client = clients(server.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789")
+    wait_until(lambda: controlled.messages, 10, "the first body piece")
+    client.close()
+    wait_until(lambda: controlled.disconnected, 10, "http.disconnect")
+    assert controlled.messages[0] == {"type": "http.request", "body": b"0123456789", "more_body": True}
+    wait_until(lambda: not server.state.connections, 10, "the connection to be forgotten")
+
+
+def test_access_log_and_request_limit(serve, clients) -> None:
+    records: list[tuple] = []
+    limits: list[int] = []
+
+    class Recorder:
+        def log(self, *args: Any) -> None:
+            records.append(args)
+
+    server = serve(http_apps.echo, limit_max_requests=2)
+    server.state.access_log = Recorder()
+    server.state.on_request_limit = lambda: limits.append(server.state.total_requests)
+    client = clients(server.port)
+    for _ in range(3):
+        client.send(b"POST /p?q=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        assert client.response()[0] == 200
+    assert limits == [2]
+    wait_until(lambda: len(records) == 3, 10, "three access log records")
+    client_addr, method, raw_path, query, version, status, size, duration = records[0]
+    assert (method, raw_path, query, version, status, size) == ("POST", b"/p", b"q=1", "1.1", 200, 2)
+    assert client_addr[0] == "127.0.0.1" and duration >= 0
+
+
+def test_upgrade_with_ws_none_is_plain_http(serve, clients) -> None:
+    server = serve(http_apps.echo, ws="none")
+    client = clients(server.port)
+    client.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    status, headers, _ = client.response()
+    assert status == 200 and headers[b"x-path"] == b"/ws"
+
+
+def test_websocket_upgrade_hands_off(serve) -> None:
+    from websockets.sync.client import connect
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": "echo " + message["text"]})
+        await send({"type": "websocket.close"})
+
+    server = serve(app, ws="websockets")
+    with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10 * FACTOR) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10 * FACTOR) == "echo hi"
