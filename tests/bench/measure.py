@@ -1,0 +1,110 @@
+"""One measured load run: start a server, warm it up, run wrk, read the tree's CPU counters.
+
+The CPU window brackets the wrk process only (counters read just before wrk starts and just
+after it exits), so server start-up, the warm-up run and shutdown are not billed to the
+requests. Each run returns a flat dict of raw figures; a server that fails to start, dies or
+answers with errors produces a dict with ``ok: False`` and the reason instead of an exception,
+so one broken configuration never stops the suite.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.bench import wrk
+from tests.bench.apps import APP_ATTRS
+from tests.bench.servers import ServerProcess, ServerSpec, ServerStartError
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A workload: which app serves it and how wrk drives it."""
+
+    name: str
+    title: str
+    post: bool = False  # drive with the POST body script (1 KiB body)
+
+    @property
+    def app_attr(self) -> str:
+        return APP_ATTRS[self.name]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "hello": Scenario("hello", "hello world (13 B text)"),
+    "json": Scenario("json", "small JSON (~100 B)"),
+    "stream": Scenario("stream", "64 KiB in 16 chunks"),
+    "echo": Scenario("echo", "1 KiB POST echo", post=True),
+}
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How hard and how long wrk pushes, and on which core."""
+
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    connections: int = 64
+    wrk_cpus: str | None = "1"
+    start_timeout_s: float = 30.0
+
+
+def post_script(workdir: Path) -> Path:
+    """Write the wrk Lua script that turns every request into a 1 KiB POST; return its path."""
+    path = workdir / "post.lua"
+    if not path.exists():
+        path.write_text(wrk.POST_SCRIPT)
+    return path
+
+
+def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: Path,
+            rep: int) -> dict[str, Any]:
+    """Serve ``scenario`` with ``spec``, run wrk once, and return every figure of the run."""
+    row: dict[str, Any] = {
+        "scenario": scenario.name, "server": spec.key, "label": spec.label, "family": spec.family,
+        "http": spec.http, "workers": spec.workers, "access_log": spec.access_log,
+        "server_cpus": spec.cpus, "rep": rep, "ok": False, "error": None,
+    }
+    script = post_script(workdir) if scenario.post else None
+    server = ServerProcess(spec, scenario.app_attr, workdir / "logs")
+    try:
+        row["startup_s"] = server.start(timeout=load.start_timeout_s)
+        if spec.workers > 1:
+            server.wait_processes(spec.workers + 1, timeout=load.start_timeout_s)
+        if load.warmup_s > 0:
+            wrk.run(server.url, connections=load.connections, duration_s=load.warmup_s, script=script,
+                    cpus=load.wrk_cpus)
+        server.check_alive()
+        row["processes"] = len(server.processes())
+        cpu_before = server.cpu_seconds()
+        wall_before = time.perf_counter()
+        result, raw = wrk.run(server.url, connections=load.connections, duration_s=load.duration_s,
+                              script=script, cpus=load.wrk_cpus)
+        wall = time.perf_counter() - wall_before
+        cpu = server.cpu_seconds() - cpu_before
+        server.check_alive()
+    except (ServerStartError, wrk.WrkError) as exc:
+        row["error"] = str(exc)
+        return row
+    finally:
+        server.stop()
+    row.update(result.as_dict())
+    row["wall_s"] = wall
+    row["cpu_s"] = cpu
+    row["cpu_us_per_req"] = cpu / result.requests * 1e6 if result.requests else None
+    row["cpu_util"] = cpu / wall if wall else None
+    row["p50_ms"] = result.latency_ms.get("p50")
+    row["p99_ms"] = result.latency_ms.get("p99")
+    row["wrk_output"] = raw
+    if result.requests == 0:
+        row["error"] = "no request completed"
+    elif result.errors:
+        # Errors are reported, and the figures kept: a server that fails requests cheaply is
+        # not faster, so the table shows the error count beside its numbers.
+        row["ok"] = True
+        row["error"] = f"{result.errors} failed requests ({result.non_2xx} non-2xx, sockets {result.socket_errors})"
+    else:
+        row["ok"] = True
+    return row

@@ -1,0 +1,301 @@
+"""Turning raw runs into the report: machine header, medians and ranges, ratios, targets.
+
+Every figure is summarised as the median of the repetitions with the min–max beside it. Ratios
+compare medians from the same invocation, so both sides saw the same machine at the same time:
+"× uvicorn" divides a configuration's CPU µs per request by uvicorn's in the same scenario,
+with the same parser, worker count and access-log setting (lower is better).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------- machine header
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, cwd=ROOT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def machine() -> dict[str, Any]:
+    """Date, CPU, kernel, Python, package versions and the git commit of this run."""
+    dirty = _command(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "executable": sys.executable,
+        "git": (_command(["git", "rev-parse", "--short", "HEAD"]) or "?") + (" (modified)" if dirty else ""),
+        "wrk": (_command(["wrk", "-v"]) or "").split(" Copyright")[0] or None,
+        "versions": {name: _version(name) for name in
+                     ("corral", "uvicorn", "uvloop", "httptools", "h11", "websockets", "granian", "psutil")},
+    }
+
+
+# --------------------------------------------------------------------------- summaries
+
+def _stats(values: Iterable[float | None]) -> dict[str, float] | None:
+    clean = [v for v in values if v is not None]
+    if not clean:
+        return None
+    return {"median": statistics.median(clean), "min": min(clean), "max": max(clean), "n": len(clean)}
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (scenario, server) in first-seen order: medians, ranges, errors, ratios."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["scenario"], run["server"]), []).append(run)
+    rows: list[dict[str, Any]] = []
+    for (scenario, server), group in groups.items():
+        good = [r for r in group if r["ok"]]
+        first = group[0]
+        rows.append({
+            "scenario": scenario, "server": server, "label": first["label"], "family": first["family"],
+            "http": first["http"], "workers": first["workers"], "access_log": first["access_log"],
+            "runs": len(group), "ok_runs": len(good),
+            "errors": sum(r.get("errors", 0) or 0 for r in group),
+            "failure": next((r["error"] for r in group if not r["ok"]), None),
+            "cpu_us_per_req": _stats(r.get("cpu_us_per_req") for r in good),
+            "rps": _stats(r.get("rps") for r in good),
+            "p50_ms": _stats(r.get("p50_ms") for r in good),
+            "p99_ms": _stats(r.get("p99_ms") for r in good),
+            "cpu_util": _stats(r.get("cpu_util") for r in good),
+        })
+    by_key = {(r["scenario"], r["server"]): r for r in rows}
+    for row in rows:
+        ref_key = _reference_key(row)
+        ref = by_key.get((row["scenario"], ref_key))
+        row["reference"] = ref_key
+        row["vs_uvicorn"] = _ratio(row, ref, "cpu_us_per_req")
+        row["rps_vs_uvicorn"] = _ratio(row, ref, "rps")
+        row["p99_vs_uvicorn"] = _ratio(row, ref, "p99_ms")
+    return rows
+
+
+def _reference_key(row: dict[str, Any]) -> str:
+    parts = ["uvicorn"]
+    if row["http"] == "h11":
+        parts.append("h11")
+    if row["access_log"]:
+        parts.append("log")
+    if row["workers"] != 1:
+        parts.append(f"{row['workers']}w")
+    return "-".join(parts)
+
+
+def _ratio(row: dict[str, Any], ref: dict[str, Any] | None, field: str) -> float | None:
+    if ref is None or row[field] is None or ref[field] is None or not ref[field]["median"]:
+        return None
+    return row[field]["median"] / ref[field]["median"]
+
+
+def _median(summary: Sequence[dict[str, Any]], scenario: str, server: str, field: str) -> float | None:
+    for row in summary:
+        if row["scenario"] == scenario and row["server"] == server and row[field]:
+            return float(row[field]["median"])
+    return None
+
+
+# --------------------------------------------------------------------------- issue 7 targets
+
+def _target(name: str, value: float | None, limit: float, unit: str = "×") -> dict[str, Any]:
+    status = "n/a" if value is None else ("met" if value <= limit else "not met")
+    return {"target": name, "value": value, "limit": limit, "unit": unit, "status": status}
+
+
+def targets(summary: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 7's targets checked against this run (informational: never an assertion)."""
+
+    def ratio(scenario: str, a: str, b: str) -> float | None:
+        x, y = _median(summary, scenario, a, "cpu_us_per_req"), _median(summary, scenario, b, "cpu_us_per_req")
+        return x / y if x is not None and y else None
+
+    out = [
+        _target("hello, 1 worker: CPU/req ≤ 0.75 × uvicorn", ratio("hello", "corral", "uvicorn"), 0.75),
+        _target("hello, 1 worker: CPU/req ≤ 2 × ceiling", ratio("hello", "corral", "ceiling"), 2.0),
+    ]
+    for scenario in ("json", "stream", "echo"):
+        out.append(_target(f"{scenario}: CPU/req ≤ 0.8 × uvicorn", ratio(scenario, "corral", "uvicorn"), 0.8))
+    for scenario in ("hello", "json", "stream", "echo"):
+        out.append(_target(f"{scenario}, h11: CPU/req ≤ 0.9 × uvicorn h11",
+                           ratio(scenario, "corral-h11", "uvicorn-h11"), 0.9))
+    worst_p99: float | None = None
+    worst_where = ""
+    for row in summary:
+        if row["family"] == "corral" and row["p99_vs_uvicorn"] is not None:
+            if worst_p99 is None or row["p99_vs_uvicorn"] > worst_p99:
+                worst_p99, worst_where = row["p99_vs_uvicorn"], f"{row['scenario']} / {row['label']}"
+    p99 = _target("p99 ≤ uvicorn's in every scenario (worst ratio)", worst_p99, 1.0)
+    p99["where"] = worst_where
+    out.append(p99)
+    out.append(_target("access log on ≤ 1.15 × off (hello CPU/req)", ratio("hello", "corral-log", "corral"), 1.15))
+    corral_mem = next((m for m in memory if m["family"] == "corral" and m["ok"]), None)
+    uvicorn_mem = next((m for m in memory if m["family"] == "uvicorn" and m["ok"]), None)
+    worker_rss = master_rss = uvicorn_rss = None
+    if corral_mem:
+        workers = [p["rss"] for p in corral_mem["processes"] if p["role"] == "worker"]
+        worker_rss = max(workers) if workers else None
+        master_rss = next((p["rss"] for p in corral_mem["processes"] if p["role"] == "master"), None)
+    if uvicorn_mem and uvicorn_mem["processes"]:
+        uvicorn_rss = uvicorn_mem["processes"][0]["rss"]
+    out.append(_target("idle worker RSS ≤ uvicorn's process",
+                       worker_rss / uvicorn_rss if worker_rss and uvicorn_rss else None, 1.0))
+    out.append(_target("master RSS ≤ 30 MiB", master_rss / MIB if master_rss else None, 30.0, "MiB"))
+    return out
+
+
+# --------------------------------------------------------------------------- markdown
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _cell(stats: dict[str, float] | None, digits: int = 1, show_range: bool = True) -> str:
+    if stats is None:
+        return "–"
+    text = _fmt(stats["median"], digits)
+    if show_range and stats["n"] > 1:
+        text += f" ({_fmt(stats['min'], digits)}–{_fmt(stats['max'], digits)})"
+    return text
+
+
+def _ratio_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _first_line(text: str | None, width: int = 90) -> str:
+    if not text:
+        return ""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return (line[: width - 1] + "…" if len(line) > width else line).replace("|", "\\|")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole report as markdown."""
+    meta, settings = results["meta"], results["settings"]
+    out: list[str] = ["# corral benchmarks", ""]
+    out.append(f"- **date** {meta['date']} · **git** {meta['git']}")
+    out.append(f"- **machine** {meta['cpu']} ({meta['cpus']} CPUs) · {meta['kernel']} · {meta['python']}")
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    out.append(f"- **versions** {versions}" + (f" · {meta['wrk']}" if meta.get("wrk") else ""))
+    out.append(
+        f"- **load** wrk -t1 -c{settings['connections']} -d{settings['duration_s']:g}s on CPU "
+        f"{settings['wrk_cpus']}, server on CPU {settings['server_cpus']}, {settings['repeat']} run(s) each, "
+        f"{settings['warmup_s']:g}s warm-up; figures are median (min–max)"
+        + (" · **quick run**" if settings.get("quick") else "")
+    )
+    out += ["", "## Throughput and CPU cost", "",
+            "CPU µs/req is the server's whole process tree (master and workers); × uvicorn compares it "
+            "with uvicorn's in the same scenario and configuration (lower is better).", "",
+            "| scenario | server | CPU µs/req | × uvicorn | req/s | × uvicorn | p50 ms | p99 ms | errors |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in results["summary"]:
+        if row["ok_runs"] == 0:
+            out.append(f"| {row['scenario']} | {row['label']} | **failed**: {_first_line(row['failure'])} "
+                       "| | | | | | |")
+            continue
+        errors = str(row["errors"]) + ("" if row["ok_runs"] == row["runs"] else
+                                       f" ({row['runs'] - row['ok_runs']} run(s) failed)")
+        out.append(
+            f"| {row['scenario']} | {row['label']} | {_cell(row['cpu_us_per_req'])} | "
+            f"{_ratio_cell(row['vs_uvicorn'])} | {_cell(row['rps'], 0)} | {_ratio_cell(row['rps_vs_uvicorn'])} | "
+            f"{_cell(row['p50_ms'], 2, False)} | {_cell(row['p99_ms'], 2)} | {errors} |"
+        )
+    if any(t["status"] != "n/a" for t in results.get("targets", [])):
+        out += ["", "## Issue 7 targets (this run)", "", "| target | value | status |", "| --- | ---: | --- |"]
+        for target in results["targets"]:
+            unit = " MiB" if target["unit"] == "MiB" else "×"
+            value = "–" if target["value"] is None else f"{target['value']:.2f}{unit}"
+            where = f" ({target['where']})" if target.get("where") else ""
+            out.append(f"| {target['target']}{where} | {value} | {target['status']} |")
+    if results.get("startup"):
+        out += ["", "## Startup: spawn to first 200", "", "| server | median s | min–max s | runs |",
+                "| --- | ---: | ---: | ---: |"]
+        for row in results["startup"]:
+            if not row["ok"] and not row["runs_s"]:
+                out.append(f"| {row['label']} | **failed**: {_first_line(row['error'])} | | |")
+                continue
+            out.append(f"| {row['label']} | {_fmt(row['median_s'], 3)} | {_fmt(row['min_s'], 3)}–"
+                       f"{_fmt(row['max_s'], 3)} | {len(row['runs_s'])} |")
+    if results.get("memory"):
+        out += ["", "## Memory when idle (after a 1 s burst)", "",
+                "| server | process | pid | RSS MiB | PSS MiB | USS MiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for row in results["memory"]:
+            if not row["ok"]:
+                out.append(f"| {row['label']} | **failed**: {_first_line(row['error'])} | | | | |")
+                continue
+            for proc in row["processes"]:
+                out.append(
+                    f"| {row['label']} | {proc['role']} | {proc['pid']} | {_mib(proc['rss'])} | "
+                    f"{_mib(proc['pss'])} | {_mib(proc['uss'])} |"
+                )
+    for section in results.get("sections", []):
+        if section["status"] == "absent":
+            continue
+        out += ["", f"## {section['title']}", ""]
+        if section["status"] != "ok":
+            out.append(f"**failed** ({' '.join(section.get('argv', [])[2:])}): "
+                       f"{_first_line(section.get('error'), 200)}")
+        if section["markdown"]:
+            out.append(_demote_headings(section["markdown"]))
+    if results.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def _mib(value: int | None) -> str:
+    return "–" if value is None else f"{value / MIB:.1f}"
+
+
+def _demote_headings(text: str) -> str:
+    """Nest a section's own headings under the report's ``##`` heading."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            line = "##" + line
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""``make bench``: corral against uvicorn, the bare ceiling and (when installed) granian.
+
+Usage::
+
+    python -m tests.bench.run [--quick] [--repeat N] [--duration S] [--only hello,json]
+                              [--servers corral,uvicorn] [--json out.json]
+
+For every repetition, every scenario and every server configuration, one server tree is started
+on a free port under ``taskset -c 0``, warmed up, loaded by ``taskset -c 1 wrk`` and stopped.
+Repetitions are interleaved (rep 1 of everything, then rep 2…) so a slow phase of a shared
+machine hits every server alike. Then start-up time, idle memory and the optional sections
+(``zero_downtime``, ``ws_echo``) run. The markdown report goes to stdout and
+``bench-results/latest.md``; every raw figure to ``bench-results/latest.json``.
+See docs/BENCHMARKS.md for what each column means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.bench import probes, report, sections, wrk
+from tests.bench.measure import SCENARIOS, LoadSettings, Scenario, measure
+from tests.bench.servers import ROOT, ServerSpec, granian_path
+
+RESULTS = ROOT / "bench-results"
+FAMILIES = ("corral", "uvicorn", "ceiling", "granian")
+
+
+def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus: str | None,
+         multi_cpus: str | None) -> list[tuple[Scenario, ServerSpec]]:
+    """Every (scenario, server configuration) to measure, in the order they run."""
+    cases: list[tuple[Scenario, ServerSpec]] = []
+    have_granian = granian_path() is not None
+    for scenario in scenarios:
+        specs = [ServerSpec("corral", cpus=server_cpus), ServerSpec("uvicorn", cpus=server_cpus)]
+        if scenario.name == "hello":
+            # The ceiling answers hello only; granian is the compiled reference, on the headline case.
+            specs.append(ServerSpec("ceiling", http="-", cpus=server_cpus))
+            if have_granian:
+                specs.append(ServerSpec("granian", http="-", cpus=server_cpus))
+        specs += [ServerSpec("corral", http="h11", cpus=server_cpus),
+                  ServerSpec("uvicorn", http="h11", cpus=server_cpus)]
+        if scenario.name == "hello":
+            specs += [ServerSpec("corral", access_log=True, cpus=server_cpus),
+                      ServerSpec("uvicorn", access_log=True, cpus=server_cpus)]
+        specs += [ServerSpec("corral", workers=2, cpus=multi_cpus),
+                  ServerSpec("uvicorn", workers=2, cpus=multi_cpus)]
+        cases += [(scenario, spec) for spec in specs if spec.family in families]
+    return cases
+
+
+def _cpus(value: str) -> str | None:
+    return None if value.lower() in ("", "none", "-") else value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat of 2 s, 2 start-ups")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per configuration (default 3)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of load per run (default 5)")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up load (default 1)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections (default 64)")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"scenarios, comma-separated (default {','.join(SCENARIOS)})")
+    parser.add_argument("--servers", default=",".join(FAMILIES),
+                        help=f"server families, comma-separated (default {','.join(FAMILIES)})")
+    parser.add_argument("--server-cpus", default="0", help="taskset CPU list of the server (default 0)")
+    parser.add_argument("--multi-cpus", default="0",
+                        help="CPU list of 2-worker servers (default 0: a scheduling check; 'none' to unpin)")
+    parser.add_argument("--wrk-cpus", default="1", help="taskset CPU list of wrk (default 1)")
+    parser.add_argument("--startup-runs", type=int, default=None, help="start-ups per server (default 5)")
+    parser.add_argument("--no-load", action="store_true", help="skip the load runs")
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up probe")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory probe")
+    parser.add_argument("--no-sections", action="store_true", help="skip zero_downtime and ws_echo")
+    parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="raw results file")
+    parser.add_argument("--markdown", type=Path, default=RESULTS / "latest.md", help="markdown report file")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.duration = args.duration or (2.0 if args.quick else 5.0)
+    args.warmup = args.warmup if args.warmup is not None else 1.0
+    args.startup_runs = args.startup_runs or (2 if args.quick else 5)
+    unknown = [s for s in args.only.split(",") if s and s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    bad = [f for f in args.servers.split(",") if f and f not in FAMILIES]
+    if bad:
+        parser.error(f"unknown server(s) {', '.join(bad)}; choose from {', '.join(FAMILIES)}")
+    return args
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _describe(row: dict[str, Any]) -> str:
+    if not row["ok"]:
+        return "FAILED: " + (row["error"] or "").strip().splitlines()[0][:160]
+    text = (f"{row['cpu_us_per_req']:.1f} µs/req, {row['rps']:,.0f} req/s, "
+            f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
+    return text + (f" — {row['error']}" if row["error"] else "")
+
+
+def run_load(cases: Sequence[tuple[Scenario, ServerSpec]], load: LoadSettings, repeat: int,
+             workdir: Path) -> list[dict[str, Any]]:
+    """Every case ``repeat`` times, repetitions interleaved; returns one raw dict per run."""
+    runs: list[dict[str, Any]] = []
+    total = len(cases) * repeat
+    for rep in range(1, repeat + 1):
+        for scenario, spec in cases:
+            _progress(f"[{len(runs) + 1}/{total}] rep {rep} {scenario.name} {spec.label} …")
+            row = measure(spec, scenario, load, workdir, rep)
+            runs.append(row)
+            _progress(f"    {_describe(row)}")
+    return runs
+
+
+def _notes(args: argparse.Namespace, load_before: float, load_after: float) -> list[str]:
+    notes = [
+        f"Servers run pinned to CPU {args.server_cpus} (master and workers together), wrk to CPU "
+        f"{args.wrk_cpus}. The 2-worker rows are pinned to CPU {args.multi_cpus or 'none'}: "
+        + ("both workers share one core, so they check that a second worker costs little CPU per request "
+           "and scheduling stays fair — they cannot show more throughput."
+           if args.multi_cpus == args.server_cpus else "they may spread over the cores wrk also uses."),
+        "corral and uvicorn run with their defaults (loop auto → uvloop), `--log-level warning "
+        "--no-access-log`; the access-log rows use `--log-level info --access-log` with output to a file.",
+        "The ceiling is tests/bench/ceiling.py: uvloop + httptools answering a fixed response, no ASGI.",
+        f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after. With other work on the "
+        "machine, req/s and latency move; CPU µs per request is the figure to trust.",
+    ]
+    if granian_path() is None:
+        notes.append("granian is not installed: its rows are absent (`pip install granian` adds them).")
+    if not shutil.which("taskset"):
+        notes.append("taskset is not installed: nothing was pinned, figures are noisier.")
+    return notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the suite; print and write the report. Exit 0 even when a server fails (it is reported)."""
+    args = parse_args(argv)
+    try:
+        wrk.wrk_path()
+    except wrk.WrkError as exc:
+        print(f"tests.bench.run: {exc}", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    workdir = RESULTS / "work"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    server_cpus, multi_cpus = _cpus(args.server_cpus), _cpus(args.multi_cpus)
+    load = LoadSettings(duration_s=args.duration, warmup_s=args.warmup, connections=args.connections,
+                        wrk_cpus=_cpus(args.wrk_cpus))
+    scenarios = [SCENARIOS[name] for name in args.only.split(",") if name]
+    families = [f for f in args.servers.split(",") if f]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "meta": report.machine(),
+        "settings": {"quick": args.quick, "repeat": args.repeat, "duration_s": args.duration,
+                     "warmup_s": args.warmup, "connections": args.connections, "server_cpus": server_cpus,
+                     "multi_cpus": multi_cpus, "wrk_cpus": load.wrk_cpus, "scenarios": [s.name for s in scenarios],
+                     "servers": families},
+        "runs": [], "summary": [], "startup": [], "memory": [], "sections": [], "targets": [],
+    }
+    try:
+        if not args.no_load:
+            cases = plan(scenarios, families, server_cpus=server_cpus, multi_cpus=multi_cpus)
+            results["runs"] = run_load(cases, load, args.repeat, workdir)
+            results["summary"] = report.summarize(results["runs"])
+        if not args.no_startup:
+            for family in (f for f in ("corral", "uvicorn", "ceiling", "granian") if f in families):
+                if family == "granian" and granian_path() is None:
+                    continue
+                _progress(f"startup {family} ×{args.startup_runs} …")
+                spec = ServerSpec(family, http="-" if family in ("ceiling", "granian") else "httptools",
+                                  cpus=server_cpus)
+                results["startup"].append(probes.startup(spec, args.startup_runs, workdir))
+        if not args.no_memory:
+            for spec in (ServerSpec("corral", workers=2, cpus=multi_cpus), ServerSpec("uvicorn", cpus=server_cpus)):
+                if spec.family in families:
+                    _progress(f"memory {spec.label} …")
+                    results["memory"].append(probes.memory(spec, load, workdir))
+        if not args.no_sections:
+            for name in sections.OPTIONAL:
+                _progress(f"section {name} …")
+                results["sections"].append(
+                    sections.run_section(name, quick=args.quick, workdir=workdir,
+                                         timeout_s=600 if args.quick else 1800))
+    except KeyboardInterrupt:
+        _progress("interrupted: reporting what was measured")
+        results["interrupted"] = True
+        results["summary"] = report.summarize(results["runs"])
+    results["targets"] = report.targets(results["summary"], results["memory"]) if results["summary"] else []
+    results["notes"] = _notes(args, load_before, os.getloadavg()[0])
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    text = report.markdown(results)
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(text)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(text)
+    _progress(f"written {args.markdown} and {args.json} in {results['elapsed_s']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

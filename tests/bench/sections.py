@@ -1,0 +1,82 @@
+"""Optional sections written by other benchmark modules, run when their file exists.
+
+``tests/bench/zero_downtime.py`` (rolling restarts, scaling, max-requests and kills under
+load, corral against the alternatives) and ``tests/bench/ws_echo.py`` (WebSocket echo
+messages per second, corral against uvicorn) are separate modules with their own command
+lines. Each is run as ``python -m tests.bench.<name>`` in a subprocess with a deadline, so a
+crash or a hang there cannot take the main suite down. Its standard output (markdown) goes
+into the report as it is; when its ``--help`` offers ``--json PATH`` the file it writes is kept
+in the JSON results, and when it offers ``--quick`` that is passed on for a quick run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+OPTIONAL: dict[str, str] = {
+    "zero_downtime": "Zero downtime: restarts and scaling under load",
+    "ws_echo": "WebSocket echo",
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _flags(module: str) -> str:
+    """The module's ``--help`` text ('' if it has none or fails)."""
+    try:
+        done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, env=_env(), check=False)
+    except subprocess.TimeoutExpired:
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def run_section(name: str, *, quick: bool, workdir: Path, timeout_s: float) -> dict[str, Any]:
+    """Run ``tests.bench.<name>`` if present; return its status, markdown and JSON data."""
+    title = OPTIONAL.get(name, name)
+    if not (HERE / f"{name}.py").exists():
+        return {"name": name, "title": title, "status": "absent", "markdown": "", "data": None}
+    module = f"tests.bench.{name}"
+    help_text = _flags(module)
+    argv = [sys.executable, "-m", module]
+    json_path: Path | None = None
+    if "--quick" in help_text and quick:
+        argv.append("--quick")
+    if "--json" in help_text:
+        json_path = workdir / f"{name}.json"
+        json_path.unlink(missing_ok=True)
+        argv += ["--json", str(json_path)]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, env=_env(),
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return {"name": name, "title": title, "status": "failed", "argv": argv,
+                "error": f"did not finish within {timeout_s:.0f}s", "markdown": out, "data": None}
+    data: Any = None
+    if json_path is not None and json_path.exists():
+        try:
+            data = json.loads(json_path.read_text())
+        except ValueError as exc:
+            data = {"unreadable": str(exc)}
+    status = "ok" if done.returncode == 0 else "failed"
+    return {
+        "name": name, "title": title, "status": status, "argv": argv, "returncode": done.returncode,
+        "seconds": round(time.perf_counter() - started, 1),
+        "error": None if status == "ok" else done.stderr[-3000:],
+        "markdown": done.stdout.strip(), "stderr_tail": done.stderr[-3000:], "data": data,
+    }

@@ -1,0 +1,315 @@
+"""The servers under test: how each is started, waited for, measured and stopped.
+
+Every server runs as its own process tree (corral: a master and its workers; uvicorn with
+``--workers 1``: one process; granian: a master and a Rust-backed worker; the ceiling: one
+process), started under ``taskset -c 0`` so the tree shares one core while wrk has the other.
+The CPU time of the whole tree is read from the kernel's per-process counters (psutil) before
+and after a load run; divided by the requests wrk completed, that is the server's CPU cost per
+request — the figure that stays put when other work shares the machine, because time the
+server spends waiting for a CPU is not counted.
+
+Each start picks a free port, polls it with a real HTTP request until it answers 200 (with a
+deadline, failing early if the process exits), and every process of the tree is killed in
+:meth:`ServerProcess.stop`, which callers reach through ``with``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from tests.bench.wrk import pinned
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+APP_MODULE = "tests.bench.apps"
+
+
+class ServerStartError(RuntimeError):
+    """A server exited or did not answer 200 before its deadline; carries its log tail."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server configuration: which implementation, parser, worker count and logging."""
+
+    family: str  # "corral", "uvicorn", "granian" or "ceiling"
+    http: str = "httptools"  # "httptools" or "h11" ("-" for servers with their own parser)
+    workers: int = 1
+    access_log: bool = False
+    cpus: str | None = "0"  # taskset CPU list for the whole tree; None: not pinned
+
+    @property
+    def key(self) -> str:
+        """A stable identifier: ``corral``, ``uvicorn-h11``, ``corral-log``, ``corral-2w``…"""
+        parts = [self.family]
+        if self.http == "h11":
+            parts.append("h11")
+        if self.access_log:
+            parts.append("log")
+        if self.workers != 1:
+            parts.append(f"{self.workers}w")
+        return "-".join(parts)
+
+    @property
+    def label(self) -> str:
+        """What the report prints: ``corral``, ``corral h11``, ``uvicorn access log``, ``corral 2 workers``."""
+        parts = [self.family]
+        if self.http == "h11":
+            parts.append("h11")
+        if self.access_log:
+            parts.append("access log")
+        if self.workers != 1:
+            parts.append(f"{self.workers} workers")
+        return " ".join(parts)
+
+    def reference(self) -> ServerSpec:
+        """The uvicorn configuration this one is compared with (same parser, workers, logging)."""
+        http = self.http if self.http in ("httptools", "h11") else "httptools"
+        return ServerSpec("uvicorn", http=http, workers=self.workers, access_log=self.access_log,
+                          cpus=self.cpus)
+
+    def argv(self, app_attr: str, port: int) -> list[str]:
+        """The command line serving ``tests.bench.apps:<app_attr>`` on ``HOST:port``."""
+        app_ref = f"{APP_MODULE}:{app_attr}"
+        if self.family == "ceiling":
+            argv = [sys.executable, "-m", "tests.bench.ceiling", "--host", HOST, "--port", str(port)]
+        elif self.family in ("corral", "uvicorn"):
+            module = "daemon" if self.family == "corral" else "uvicorn"
+            argv = [
+                sys.executable, "-m", module, app_ref,
+                "--host", HOST, "--port", str(port),
+                "--workers", str(self.workers),
+                "--http", self.http,
+                # The access log is written at info level: with it on, info must be let through.
+                "--log-level", "info" if self.access_log else "warning",
+                "--access-log" if self.access_log else "--no-access-log",
+            ]
+        elif self.family == "granian":
+            argv = [
+                granian_path() or "granian", "--interface", "asgi", "--http", "1", "--no-ws",
+                "--loop", "uvloop", "--host", HOST, "--port", str(port),
+                "--workers", str(self.workers),
+                "--log-level", "info" if self.access_log else "warning",
+                "--access-log" if self.access_log else "--no-access-log",
+                app_ref,
+            ]
+        else:
+            raise ValueError(f"unknown server family {self.family!r}")
+        return pinned(argv, self.cpus)
+
+
+def granian_path() -> str | None:
+    """granian's executable beside this interpreter (or on PATH), if installed."""
+    beside = Path(sys.executable).parent / "granian"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("granian")
+
+
+def free_port() -> int:
+    """A TCP port on HOST that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def answers_200(port: int, path: str = "/", timeout: float = 1.0) -> bool:
+    """True when a GET on ``HOST:port`` comes back with status 200 (raw socket, no client library)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            head = b""
+            while b"\r\n" not in head and len(head) < 4096:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        return False
+    return head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+
+
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_cpu_seconds(root: psutil.Process) -> float:
+    """User + system CPU seconds of ``root`` and every live descendant, plus reaped children."""
+    total = 0.0
+    for proc in _tree(root):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+class ServerProcess:
+    """A running server tree: start with a deadline, measure CPU and memory, stop for sure."""
+
+    def __init__(self, spec: ServerSpec, app_attr: str, logdir: Path) -> None:
+        self.spec = spec
+        self.app_attr = app_attr
+        self.logdir = logdir
+        self.port = 0
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.proc: psutil.Process | None = None
+        self.log_path = logdir / f"{spec.key}-{app_attr}.log"
+        self.startup_s: float | None = None
+        self._seen: dict[int, psutil.Process] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def start(self, timeout: float = 30.0, attempts: int = 2) -> float:
+        """Start the server and wait for its first 200; return seconds from spawn to that 200."""
+        last_error: ServerStartError | None = None
+        for _ in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except ServerStartError as exc:
+                last_error = exc
+                self.stop()
+                # A port taken between free_port() and the bind is the one failure worth a retry.
+                if "address already in use" not in str(exc).lower():
+                    break
+        assert last_error is not None
+        raise last_error
+
+    def _start_once(self, timeout: float) -> float:
+        self.port = free_port()
+        argv = self.spec.argv(self.app_attr, self.port)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.pop("WEB_CONCURRENCY", None)
+        for name in list(env):
+            if name.startswith(("CORRAL_", "UVICORN_", "GRANIAN_")):
+                del env[name]  # the command line alone decides
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(argv)}\n".encode())
+            log.flush()
+            spawned = time.perf_counter()
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          cwd=ROOT, env=env, start_new_session=True)
+        self.proc = psutil.Process(self.popen.pid)
+        end = spawned + timeout
+        while True:
+            if self.popen.poll() is not None:
+                raise ServerStartError(f"{self.spec.label} exited with {self.popen.returncode}:\n{self.log_tail()}")
+            if answers_200(self.port, timeout=0.5):
+                self.startup_s = time.perf_counter() - spawned
+                self._remember()
+                return self.startup_s
+            if time.perf_counter() > end:
+                raise ServerStartError(f"{self.spec.label} did not answer 200 within {timeout:.0f}s:\n"
+                                       f"{self.log_tail()}")
+            time.sleep(0.005)
+
+    def wait_processes(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until the tree has at least ``count`` processes (a master and its workers)."""
+        end = time.monotonic() + timeout
+        while len(self.processes()) < count:
+            self.check_alive()
+            if time.monotonic() > end:
+                raise ServerStartError(f"{self.spec.label}: {len(self.processes())} processes after "
+                                       f"{timeout:.0f}s, expected {count}")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        """Raise :class:`ServerStartError` if the root process has exited."""
+        if self.popen is None or self.popen.poll() is not None:
+            code = None if self.popen is None else self.popen.returncode
+            raise ServerStartError(f"{self.spec.label} exited with {code}:\n{self.log_tail()}")
+
+    def processes(self) -> list[psutil.Process]:
+        """The live process tree, root first (remembered so stop() can reach every one)."""
+        return self._remember()
+
+    def _remember(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        tree = _tree(self.proc)
+        for proc in tree:
+            self._seen.setdefault(proc.pid, proc)
+        return tree
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds consumed so far by the whole tree."""
+        if self.proc is None:
+            return 0.0
+        self._remember()
+        return tree_cpu_seconds(self.proc)
+
+    def memory(self) -> list[dict[str, Any]]:
+        """RSS, PSS and USS (bytes) of every process of the tree, the root labelled ``master``."""
+        rows: list[dict[str, Any]] = []
+        tree = self.processes()
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                info = proc.memory_full_info()
+                if proc.pid != self.popen_pid:
+                    role = "worker"
+                else:
+                    role = "master" if len(tree) > 1 else "process"
+                rows.append({"pid": proc.pid, "role": role, "rss": info.rss,
+                             "pss": getattr(info, "pss", None), "uss": getattr(info, "uss", None),
+                             "cmdline": " ".join(proc.cmdline()[:6])})
+        return rows
+
+    @property
+    def popen_pid(self) -> int | None:
+        return None if self.popen is None else self.popen.pid
+
+    def log_tail(self, size: int = 3000) -> str:
+        """The end of the server's combined stdout/stderr."""
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-size:].decode(errors="replace")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the root, wait up to ``grace`` seconds, then SIGKILL whatever of the tree is left."""
+        self._remember()
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(5)
+        for proc in self._seen.values():
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running():
+                    proc.kill()
+        self._seen.clear()
+        self.popen = None
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
