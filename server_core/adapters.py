@@ -139,6 +139,11 @@ def build_environ(scope: Scope, body: Any) -> dict[str, Any]:
     return environ
 
 
+async def _on_loop(func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Call an ASGI ``receive``/``send`` on the event loop's thread (never the WSGI thread's)."""
+    return await func(*args)
+
+
 class _BodyReader(io.RawIOBase):
     """``wsgi.input``: the request body, pulled from ASGI ``receive`` on demand.
 
@@ -161,7 +166,7 @@ class _BodyReader(io.RawIOBase):
         """Fetch one more body message; False once the body is complete."""
         if not self._more:
             return False
-        message = asyncio.run_coroutine_threadsafe(self._receive(), self._loop).result()
+        message: dict[str, Any] = asyncio.run_coroutine_threadsafe(_on_loop(self._receive), self._loop).result()
         if message["type"] == "http.disconnect":
             self._more = False
             raise ClientDisconnected("client disconnected before sending the whole body")
@@ -229,7 +234,7 @@ class _WSGIExchange:
 
     def _send(self, message: dict[str, Any]) -> None:
         """Send an ASGI message from the WSGI thread and wait for it to be written."""
-        asyncio.run_coroutine_threadsafe(self.send_async(message), self.loop).result()
+        asyncio.run_coroutine_threadsafe(_on_loop(self.send_async, message), self.loop).result()
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Callable[[bytes], None]:

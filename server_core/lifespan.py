@@ -63,7 +63,8 @@ class Lifespan:
         logger.info("Waiting for application startup.")
         self._task = loop.create_task(self._run(), name="corral-lifespan")
         await self._inbox.put({"type": "lifespan.startup"})
-        await asyncio.wait([self._startup_answer, self._task], return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [self._startup_answer, self._task]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if self._startup_answer.done():
             answer = self._startup_answer.result()
             if answer["type"] == "lifespan.startup.complete":
@@ -105,8 +106,8 @@ class Lifespan:
         self._shutdown_answer = loop.create_future()
         logger.info("Waiting for application shutdown.")
         await self._inbox.put({"type": "lifespan.shutdown"})
-        done, _ = await asyncio.wait([self._shutdown_answer, task], timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [self._shutdown_answer, task]
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not done:
             logger.warning("Application shutdown did not finish within %ss; cancelling it.", timeout)
             task.cancel()

@@ -298,8 +298,9 @@ class WorkerRuntime:
         await asyncio.sleep(0)
         for conn in list(state.connections):
             conn.shutdown(self.retiring)
-        timeout = self.settings.timeout_graceful_shutdown
-        deadline = self._loop.time() + timeout
+        # None (uvicorn's default) waits as long as it takes.
+        timeout: float | None = self.settings.timeout_graceful_shutdown
+        deadline = float("inf") if timeout is None else self._loop.time() + timeout
         while (state.connections or _live(state.tasks)) and self._loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)
         if state.connections:
