@@ -150,6 +150,44 @@ def test_missing_loop_package_is_a_boot_failure(worker: Callable[..., WorkerProc
     assert "no_such_loop" in message.arg
 
 
+def test_missing_uvloop_is_named_and_auto_falls_back(worker: Callable[..., WorkerProc], tmp_path: Path) -> None:
+    # A uvloop that cannot be imported, first on the path.
+    fake = tmp_path / "fake" / "uvloop"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('uvloop hidden by the test')\n")
+    env = {"PYTHONPATH": str(fake.parent)}
+    proc = worker({"loop": "uvloop"}, env=env)
+    message = proc.wait_message("fail")
+    assert proc.wait_exit() == 3
+    assert '"uvloop" package' in message.arg
+    auto = worker({"loop": "auto"}, env=env, name="auto")
+    auto.wait_message("ready")
+    assert get(auto.url + "/loop").text == "asyncio.unix_events"
+
+
+def test_term_during_startup_exits_without_serving(worker: Callable[..., WorkerProc], tmp_path: Path) -> None:
+    gate, stopped = tmp_path / "gate", tmp_path / "stopped"
+    proc = worker(env={"RT_GATE": str(gate), "RT_STOPPED": str(stopped)})
+    proc.wait_log("Waiting for application startup.")
+    proc.signal(signal.SIGTERM)
+    proc.wait_log("Shutting down (stopping)")
+    gate.touch()
+    assert proc.wait_exit() == 0
+    assert "ready" not in proc.kinds()
+    assert stopped.exists(), "a started app must still get its lifespan shutdown"
+
+
+def test_access_log_only_when_enabled(worker: Callable[..., WorkerProc]) -> None:
+    on = worker({"access_log": True})
+    off = worker({"access_log": False}, name="quiet")
+    for proc in (on, off):
+        proc.wait_message("ready")
+        assert get(proc.url + "/logged-path").status_code == 200
+    on.wait_log('"GET /logged-path HTTP/1.1" 200')
+    # The same request on the other worker was answered without a line.
+    assert "/logged-path" not in off.output()
+
+
 # -- signals -------------------------------------------------------------------
 
 
@@ -196,6 +234,44 @@ def test_hup_retires_idle_keepalive_on_its_next_request(worker: Callable[..., Wo
         assert b"connection: close" in response.lower()
         assert read_until_eof(conn) == b""
     assert proc.wait_exit() == 0
+
+
+def test_graceful_timeout_aborts_what_is_left(worker: Callable[..., WorkerProc], marks: Path,
+                                              tmp_path: Path) -> None:
+    stopped = tmp_path / "stopped"
+    proc = worker({"timeout_graceful_shutdown": 1.0}, env={"RT_MARKS": str(marks), "RT_STOPPED": str(stopped)})
+    proc.wait_message("ready")
+    request = Background(proc.url + "/sleep?s=120&mark=slow")
+    wait_until((marks / "slow").exists, 20, "the request to reach the app", alive=proc.dead)
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit(timeout=30) == 0
+    assert isinstance(request.result(), httpx.TransportError)
+    assert "still open after 1.0s" in proc.output()
+    assert stopped.exists(), "lifespan shutdown runs after the forced close"
+
+
+def test_term_after_hup_closes_idle_keepalive(worker: Callable[..., WorkerProc]) -> None:
+    proc = worker({"timeout_keep_alive": 60})
+    proc.wait_message("ready")
+    with socket.create_connection((proc.host, proc.port), timeout=20) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(conn).startswith(b"HTTP/1.1 200")
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("Shutting down (retiring)")
+        assert proc.dead() is None  # retiring keeps the idle connection (60 s keep-alive)
+        proc.signal(signal.SIGTERM)
+        # The stop became a shutdown: the idle connection is closed now.
+        assert conn.recv(1) == b""
+    assert proc.wait_exit() == 0
+
+
+def test_usr1_reopens_logs_and_keeps_serving(worker: Callable[..., WorkerProc]) -> None:
+    proc = worker({"timeout_worker_healthcheck": 0.6})
+    proc.wait_message("ready")
+    proc.signal(signal.SIGUSR1)  # its default action would kill the process
+    count = proc.kinds().count("hb")
+    proc.wait_message("hb", count=count + 3)
+    assert get(proc.url + "/").text == "ok"
 
 
 def test_quit_exits_at_once(worker: Callable[..., WorkerProc], marks: Path, tmp_path: Path) -> None:
