@@ -1,0 +1,162 @@
+"""corral as a circus watcher, running the shipped etc/circus.ini.
+
+The test copies etc/circus.ini into tmp_path, substitutes only the paths and the
+port (each substitution must match), and runs the real ``circusd CONF`` in the
+foreground. circusd binds [socket:web] and hands it to corral with
+``--fd $(circus.sockets.web)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.load import Load
+from tests.support import FACTOR, ROOT, Proc, free_port, require_tool, wait_until
+
+SHIPPED = ROOT / "etc" / "circus.ini"
+BIN = Path(sys.executable).parent
+
+
+def corral_command() -> str:
+    """The `corral` console script of this environment, else `python -m daemon`."""
+    script = BIN / "corral"
+    return str(script) if script.exists() else f"{sys.executable} -m daemon"
+
+
+def render_circus_ini(tmp: Path, *, port: int) -> Path:
+    """etc/circus.ini with its documented paths and port rewritten into ``tmp``."""
+    (tmp / "run").mkdir(exist_ok=True)
+    (tmp / "log").mkdir(exist_ok=True)
+    text = SHIPPED.read_text()
+    substitutions = {
+        "/srv/app/.venv/bin/corral": corral_command(),
+        "working_dir = /srv/app": f"working_dir = {ROOT}",
+        "port = 8000": f"port = {port}",
+        "/run/circus/": f"{tmp}/run/",
+        "/var/log/circus/": f"{tmp}/log/",
+    }
+    for old, new in substitutions.items():
+        assert old in text, f"etc/circus.ini no longer contains {old!r}; update tests/test_circus.py"
+        text = text.replace(old, new)
+    conf = tmp / "circus.ini"
+    conf.write_text(text)
+    return conf
+
+
+@dataclass
+class Circus:
+    """circusd running corral (watcher ``web``) on ``url``."""
+
+    circusd: Proc
+    endpoint: str
+    ctl_bin: str
+    url: str
+    logs: Path
+
+    def ctl(self, *args: str) -> dict:
+        """Run ``circusctl --json`` against this circusd and return its answer."""
+        done = subprocess.run([self.ctl_bin, "--endpoint", self.endpoint, "--timeout", str(int(20 * FACTOR)),
+                               "--json", *args], capture_output=True, text=True, timeout=40 * FACTOR)
+        if done.returncode != 0:
+            pytest.fail(f"circusctl {' '.join(args)} exited {done.returncode}: {done.stdout}{done.stderr}")
+        return json.loads(done.stdout)
+
+    def master_pid(self) -> int:
+        answer = self.ctl("list", "web")
+        pids = answer.get("pids") or []
+        assert len(pids) == 1, answer
+        return int(pids[0])
+
+    def corral_log(self) -> str:
+        path = self.logs / "web.err.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _serves(url: str) -> bool:
+    try:
+        response = httpx.get(url + "/", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.text.startswith("Hello from corral")
+
+
+def _workers(master: int) -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process(master).children()}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.fixture
+def circus(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Circus]:
+    circusd = require_tool("circusd", str(BIN / "circusd"))
+    ctl_bin = require_tool("circusctl", str(BIN / "circusctl"))
+    port = free_port()
+    conf = render_circus_ini(tmp_path, port=port)
+    proc = procs([circusd, str(conf)], name="circusd")
+    running = Circus(proc, f"ipc://{tmp_path}/run/control.sock", ctl_bin, f"http://127.0.0.1:{port}",
+                     tmp_path / "log")
+
+    def alive() -> str | None:
+        return proc.dead() or (f"corral failed under circusd:\n{running.corral_log()[-3000:]}"
+                               if "boot_failed" in running.corral_log() else None)
+
+    wait_until(lambda: _serves(running.url), 30, "corral serving under circusd", alive=alive, interval=0.05)
+    master = running.master_pid()
+    wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
+    try:
+        yield running
+    finally:
+        for pid in _workers(master) | {master}:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_hup_roll_under_load_then_quit(circus: Circus) -> None:
+    master = circus.master_pid()
+    old = _workers(master)
+    with Load(circus.url + "/", clients=4, duration=90) as load:
+        load.wait_successes(50)
+        os.kill(master, signal.SIGHUP)
+
+        def rolled() -> bool:
+            workers = _workers(master)
+            return len(workers) == 2 and not workers & old
+
+        wait_until(rolled, 60, "both workers replaced after HUP", alive=circus.circusd.dead, interval=0.05)
+        load.wait_successes(50)
+    report = load.report
+    assert report.failed == 0, report.summary()
+    assert circus.master_pid() == master  # circus did not notice anything: same process
+
+    workers = _workers(master)
+    assert circus.ctl("quit")["status"] == "ok"
+    assert circus.circusd.wait_exit(60) == 0, circus.circusd.output()[-3000:]
+    for pid in workers | {master}:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    log = circus.corral_log()
+    assert "master_stopped" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_circusctl_signal_hup_rolls(circus: Circus) -> None:
+    """The same roll through circus's own command: `circusctl signal web hup`."""
+    master = circus.master_pid()
+    old = _workers(master)
+    assert circus.ctl("signal", "web", "hup")["status"] == "ok"
+    wait_until(lambda: (w := _workers(master)) and len(w) == 2 and not w & old, 60,
+               "both workers replaced after circusctl signal", alive=circus.circusd.dead, interval=0.05)
+    assert _serves(circus.url)
