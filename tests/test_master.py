@@ -1,0 +1,240 @@
+"""The master's signals, health checks, boot failures and listeners, through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.load import Load
+from tests.support import APPS, FACTOR, Corral, wait_until, worker_pids
+
+pytestmark = pytest.mark.timeout(120)
+
+Start = Callable[..., Corral]
+
+
+def start(corral: Start, *args: str, workers: int = 2, **kw: Any) -> Corral:
+    """corral serving master_app with ``workers`` ready workers."""
+    proc = corral("master_app:app", "--workers", str(workers), *args, **kw)
+    proc.wait_log("worker_ready", count=workers)
+    return proc
+
+
+class Request(threading.Thread):
+    """One GET in the background; ``result`` is the response or the exception."""
+
+    def __init__(self, url: str, timeout: float = 30) -> None:
+        super().__init__(daemon=True)
+        self.url, self.timeout = url, timeout * FACTOR
+        self.result: Any = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = httpx.get(self.url, timeout=self.timeout)
+        except Exception as exc:
+            self.result = exc
+
+
+# -- stopping -------------------------------------------------------------------
+
+def test_term_lets_an_in_flight_request_complete(corral: Start) -> None:
+    proc = start(corral)
+    request = Request(proc.url + "/sleep?2")
+    proc.wait_log("master_app: sleeping")
+    began = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit(30) == 0
+    request.join(10)
+    assert isinstance(request.result, httpx.Response), request.result
+    assert request.result.status_code == 200
+    assert time.monotonic() - began < 10 * FACTOR
+    assert not worker_pids(proc.pid)
+
+
+def test_quit_exits_at_once(corral: Start) -> None:
+    proc = start(corral)
+    Request(proc.url + "/sleep?60")
+    proc.wait_log("master_app: sleeping")
+    began = time.monotonic()
+    proc.signal(signal.SIGQUIT)
+    assert proc.wait_exit(10) == 0
+    assert time.monotonic() - began < 5 * FACTOR, "QUIT does not wait for the 60 s request"
+
+
+def test_int_is_graceful_and_a_second_int_is_quit(corral: Start) -> None:
+    proc = start(corral)
+    Request(proc.url + "/sleep?60")
+    proc.wait_log("master_app: sleeping")
+    proc.signal(signal.SIGINT)
+    proc.wait_log("mode=term")
+    assert proc.popen.poll() is None, "the first INT waits for the in-flight request"
+    proc.signal(signal.SIGINT)
+    assert proc.wait_exit(10) == 0
+    assert "mode=quit" in proc.output()
+
+
+def test_pid_file_is_written_and_removed(corral: Start, tmp_path: Path) -> None:
+    pid_path = tmp_path / "run" / "corral.pid"
+    pid_path.parent.mkdir()
+    proc = start(corral, "--pid", str(pid_path), workers=1)
+    assert pid_path.read_text() == f"{proc.pid}\n"
+    assert [p.name for p in pid_path.parent.iterdir()] == ["corral.pid"], "no temporary file left behind"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+    assert not pid_path.exists()
+
+
+# -- health ---------------------------------------------------------------------------
+
+def test_a_blocked_worker_is_killed_with_its_stack_logged_and_replaced(corral: Start) -> None:
+    healthcheck = 3
+    proc = start(corral, "--timeout-worker-healthcheck", str(healthcheck))
+    before = worker_pids(proc.pid)
+    blocked = Request(proc.url + "/block?60", timeout=30)
+    began = time.monotonic()
+    proc.wait_log("heartbeat_timeout", timeout=healthcheck + 10)
+    proc.wait_log("worker_ready", count=3, timeout=20)
+    wait_until(lambda: len(before - worker_pids(proc.pid)) == 1, 20, "the blocked worker to be gone",
+               alive=proc.dead)
+    elapsed = time.monotonic() - began
+    # Silent for the timeout, one more beat period of slack, a second of stack
+    # dumping, and the machine's own slowness.
+    assert elapsed < (healthcheck + 5) * FACTOR
+    output = proc.output()
+    # faulthandler's dump of the stuck worker names the blocking line of the app.
+    assert "Current thread" in output or "Thread 0x" in output, output[-3000:]
+    assert "master_app.py" in output.split("heartbeat_timeout", 1)[1]
+    blocked.join(30)
+    assert len(worker_pids(proc.pid)) == 2
+    assert httpx.get(proc.url).status_code == 200
+
+
+def test_a_worker_not_ready_in_time_stops_the_first_start(corral: Start) -> None:
+    proc = corral("master_app:app", "--timeout-worker-boot", "1", wait=False,
+                  env={"MASTER_APP_STARTUP": "30"})
+    began = time.monotonic()
+    assert proc.wait_exit(20) == 3
+    assert time.monotonic() - began < 10 * FACTOR
+    assert "did not become ready within 1s" in proc.output()
+
+
+def test_an_app_that_fails_at_import_exits_3_with_the_error(corral: Start) -> None:
+    proc = corral("master_broken:app", "--workers", "2", wait=False)
+    began = time.monotonic()
+    assert proc.wait_exit(20) == 3
+    assert time.monotonic() - began < 10 * FACTOR
+    output = proc.output()
+    assert "master_broken deliberately fails at import" in output
+    assert output.count("worker_spawned") == 2, "no respawn loop"
+
+
+def test_preload_import_error_exits_3_before_forking(corral: Start) -> None:
+    proc = corral("master_broken:app", "--preload", wait=False)
+    assert proc.wait_exit(20) == 3
+    assert "master_broken deliberately fails at import" in proc.output()
+    assert "worker_spawned" not in proc.output()
+
+
+def test_a_failing_replacement_is_retried_with_backoff(corral: Start, tmp_path: Path) -> None:
+    code = (APPS / "master_app.py").read_text()
+    module = tmp_path / "master_flaky.py"
+    module.write_text(code)
+    proc = corral("master_flaky:app", "--workers", "2", "--no-access-log", "--app-dir", str(tmp_path),
+                  app_dir=False)
+    proc.wait_log("worker_ready", count=2)
+    victim, survivor = sorted(worker_pids(proc.pid))
+    with Load(proc.url, clients=16, duration=60) as load:
+        load.wait_successes(100)
+        module.write_text(code + '\nraise RuntimeError("flaky deploy")\n')
+        os.kill(victim, signal.SIGKILL)
+        proc.wait_log("action=retry", count=3, timeout=30)
+        assert survivor in worker_pids(proc.pid)
+        module.write_text(code + "\n# fixed\n")
+        proc.wait_log("worker_ready", count=3, timeout=30)
+        load.wait_successes(100)
+    report = load.report
+    assert max(report.failures_per_client().values(), default=0) <= 1, report.summary()
+    assert proc.popen.poll() is None
+    assert "retry_in=0.5" in proc.output() and "retry_in=1.0" in proc.output()
+
+
+# -- other signals -----------------------------------------------------------------------
+
+def test_winch_stops_workers_and_ttin_brings_them_back(corral: Start) -> None:
+    proc = start(corral)
+    proc.signal(signal.SIGWINCH)
+    wait_until(lambda: not worker_pids(proc.pid), 20, "every worker to stop", alive=proc.dead)
+    assert proc.popen.poll() is None, "the master stays"
+    proc.signal(signal.SIGTTIN)
+    proc.wait_log("worker_ready", count=3)
+    assert httpx.get(proc.url).status_code == 200
+
+
+def test_usr1_reopens_logs_everywhere(corral: Start) -> None:
+    proc = start(corral, workers=1)
+    proc.signal(signal.SIGUSR1)
+    proc.wait_log("logs_reopened")
+    assert httpx.get(proc.url).status_code == 200
+
+
+# -- listeners ---------------------------------------------------------------------------
+
+def test_fd_listener_serves_and_survives_the_master(corral: Start) -> None:
+    proc = start(corral, workers=1)
+    assert f"listening on http://127.0.0.1:{proc.port}" in proc.output()
+    assert httpx.get(proc.url).status_code == 200
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+    # Our socket was inherited: close()d by corral, never shutdown(2).
+    assert proc.sock is not None
+    with socket.create_connection((proc.host, proc.port), timeout=2):
+        pass
+
+
+def test_unix_socket_serves_and_is_removed(corral: Start, tmp_path: Path) -> None:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="corral-")) / "app.sock"
+    proc = corral("master_app:app", "--uds", str(path), fd=False, wait=False)
+    transport = httpx.HTTPTransport(uds=str(path))
+
+    def answers() -> bool:
+        try:
+            with httpx.Client(transport=transport, base_url="http://corral") as client:
+                return client.get("/").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, 20, "corral on a UNIX socket", alive=proc.dead)
+    assert f"listening on unix:{path}" in proc.output()
+    assert (path.stat().st_mode & 0o777) == 0o666
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+    assert not path.exists()
+    path.parent.rmdir()
+
+
+def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "daemon", "master_app:app", "--app-dir", str(APPS),
+             "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=30 * FACTOR,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"corral: cannot bind 127.0.0.1:{port}: address already in use"
