@@ -30,10 +30,16 @@ enabled even when the file says ``disable_existing_loggers``. structlog events
 still travel as standard records, so they reach the file's handlers; a plain
 ``logging.Formatter`` there prints them as ``event key=value …``, and the
 formatters :class:`JSONFormatter` and :class:`ConsoleFormatter` can be named
-in the file to get corral's renderers (see ``etc/logging.*``).
+in the file to get corral's renderers (see ``etc/logging.*``);
+``--log-format`` and ``--use-colors`` do not apply to a file's handlers.
+
+``pid`` is the process that wrote the line, except when the event names a
+``pid`` itself: the master's ``worker_spawned pid=…`` is about a worker, and
+the event's own field wins (the logger, ``corral.master``, says who wrote it).
 
 ``--log-level trace`` enables :data:`TRACE` (5), registered with ``logging``
-as ``TRACE``, for connection and protocol events.
+as ``TRACE``, for connection and protocol events; structlog loggers get a
+``trace()`` method (:class:`BoundLogger`) and accept ``log(TRACE, …)``.
 
 Lines never interleave: each record is written with a single ``write()`` of a
 complete line (:class:`LineHandler`), and a line shorter than PIPE_BUF is

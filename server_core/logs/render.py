@@ -43,7 +43,6 @@ _METHOD_LEVELS: Mapping[str, int] = {
     **_LEVELS, "fatal": logging.CRITICAL, "exception": logging.ERROR, "warn": logging.WARNING,
     "notset": logging.NOTSET,
 }
-_LEVEL_METHODS: Mapping[int, str] = {number: name for name, number in _LEVELS.items()}
 
 
 def level_number(level: str | int) -> int:
@@ -74,19 +73,21 @@ process_kind = "worker"
 class _Clock:
     """ISO 8601 UTC timestamps with milliseconds; the seconds part is formatted once per second."""
 
-    __slots__ = ("_second", "_prefix")
+    __slots__ = ("_cached",)
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        # (second, "YYYY-MM-DDTHH:MM:SS") in ONE attribute: threads logging at
+        # once read a consistent pair (a reassignment is atomic), never the
+        # prefix of one second with the check of another.
+        self._cached: tuple[int, str] = (-1, "")
 
     def iso(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            # Two threads may race here; both compute the same string.
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+        cached_second, prefix = self._cached
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, prefix)
+        return f"{prefix}.{int((created - second) * 1000):03d}Z"
 
 
 _clock = _Clock()
