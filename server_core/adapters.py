@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ Send = Callable[[Any], Awaitable[None]]
 # Threads running WSGI requests: each request holds one for its whole life, so
 # this caps the concurrent WSGI requests of a worker (as gunicorn's gthread).
 DEFAULT_WSGI_THREADS = 10
+# corral's TRACE level (below DEBUG), as server_core.logs names it.
+TRACE = 5
 
 
 class ASGI2Adapter:
@@ -40,6 +43,54 @@ class ASGI2Adapter:
         scope["asgi"] = {**scope.get("asgi", {}), "version": "2.0"}
         instance = self.app(scope)
         await instance(receive, send)
+
+
+class MessageLogger:
+    """Log every ASGI message of the app at TRACE (``--log-level trace``).
+
+    The worker wraps the app in this only when TRACE is enabled, so the normal
+    request path pays nothing. Bodies are logged by size, never by content.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], logger: logging.Logger) -> None:
+        self.app = app
+        self.logger = logger
+        self.counter = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app, logging its scope, each message both ways and the outcome."""
+        self.counter += 1
+        number, log = self.counter, self.logger
+
+        async def traced_receive() -> Any:
+            message = await receive()
+            log.log(TRACE, "ASGI [%d] Receive %s", number, _summary(message))
+            return message
+
+        async def traced_send(message: Any) -> None:
+            log.log(TRACE, "ASGI [%d] Send %s", number, _summary(message))
+            await send(message)
+
+        log.log(TRACE, "ASGI [%d] Started scope=%s", number, _summary(scope))
+        try:
+            await self.app(scope, traced_receive, traced_send)
+        except BaseException as exc:
+            log.log(TRACE, "ASGI [%d] Raised exception %r", number, exc)
+            raise
+        log.log(TRACE, "ASGI [%d] Completed", number)
+
+
+def _summary(message: Any) -> dict[str, Any]:
+    """A message or scope with bytes payloads replaced by their size."""
+    out: dict[str, Any] = {}
+    for key, value in message.items():
+        if key in ("body", "bytes") and isinstance(value, (bytes, bytearray)):
+            out[key] = f"<{len(value)} bytes>"
+        elif key == "state":
+            out[key] = sorted(value)
+        else:
+            out[key] = value
+    return out
 
 
 class ClientDisconnected(OSError):

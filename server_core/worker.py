@@ -34,6 +34,7 @@ from email.utils import formatdate
 from typing import Any
 
 from server_core import importer, loops, tls
+from server_core.adapters import TRACE, MessageLogger
 from server_core.control import EXIT_APP_FAILED, NullControl, WorkerControl
 from server_core.lifespan import Lifespan, LifespanFailed
 from server_core.settings import ServerSettings
@@ -146,6 +147,8 @@ class WorkerRuntime:
             app = self.app if self.app is not None else importer.load(self.settings)
         except importer.AppLoadError as exc:
             return self._boot_failed(exc.message, exc.details)
+        if logger.isEnabledFor(TRACE):
+            app = MessageLogger(app, logger)
         state = self.state = self._build_state(app)
         lifespan = Lifespan(app, self.settings.lifespan)
         try:

@@ -188,6 +188,20 @@ def test_access_log_only_when_enabled(worker: Callable[..., WorkerProc]) -> None
     assert "/logged-path" not in off.output()
 
 
+def test_trace_level_logs_asgi_messages(worker: Callable[..., WorkerProc]) -> None:
+    proc = worker({"log_level": "trace"})
+    proc.wait_message("ready")
+    assert get(proc.url + "/").text == "ok"
+    proc.wait_log("ASGI [2] Completed")
+    output = proc.output()
+    assert "ASGI [2] Started scope=" in output
+    assert "'type': 'http.response.body', 'body': '<2 bytes>'" in output
+    quiet = worker({"log_level": "info"}, name="quiet")
+    quiet.wait_message("ready")
+    assert get(quiet.url + "/").text == "ok"
+    assert "ASGI [" not in quiet.output()
+
+
 # -- signals -------------------------------------------------------------------
 
 
@@ -367,6 +381,55 @@ def test_tls_with_trustme(worker: Callable[..., WorkerProc], tmp_path: Path) -> 
     assert json.loads(response.text)["scheme"] == "https"
     with pytest.raises(httpx.HTTPError):
         httpx.get(proc.url.replace("https:", "http:") + "/", timeout=5)
+
+
+def _write_cert(ca: Any, tmp_path: Path, name: str, *hosts: str) -> tuple[Path, Path]:
+    cert = ca.issue_cert(*hosts)
+    certfile, keyfile = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    for index, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(certfile), append=index > 0)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    return certfile, keyfile
+
+
+def test_tls_client_certificates_required(worker: Callable[..., WorkerProc], tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    certfile, keyfile = _write_cert(ca, tmp_path, "server", "127.0.0.1")
+    client_cert, client_key = _write_cert(ca, tmp_path, "client", "client@example.org")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    proc = worker({"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile), "ssl_ca_certs": str(ca_file),
+                   "ssl_cert_reqs": int(ssl.CERT_REQUIRED), "ssl_ciphers": "ECDHE+AESGCM"})
+    proc.wait_message("ready")
+    anonymous = ssl.create_default_context(cafile=str(ca_file))
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(proc.url + "/", verify=anonymous, timeout=10)
+    known = ssl.create_default_context(cafile=str(ca_file))
+    known.load_cert_chain(str(client_cert), str(client_key))
+    assert httpx.get(proc.url + "/", verify=known, timeout=20).text == "ok"
+
+
+def test_tls_option_errors_name_the_option(tmp_path: Path) -> None:
+    from server_core.settings import ServerSettings
+    from server_core.tls import TLSConfigError, make_ssl_context
+
+    assert make_ssl_context(ServerSettings()) is None
+    with pytest.raises(TLSConfigError, match="--ssl-certfile"):
+        make_ssl_context(ServerSettings(ssl_certfile=str(tmp_path / "missing.pem")))
+    with pytest.raises(TLSConfigError, match="--ssl-certfile is not"):
+        make_ssl_context(ServerSettings(ssl_keyfile=str(tmp_path / "k.pem")))
+    trustme = pytest.importorskip("trustme")
+    certfile, keyfile = _write_cert(trustme.CA(), tmp_path, "server", "localhost")
+    good = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    with pytest.raises(TLSConfigError, match="--ssl-ciphers"):
+        make_ssl_context(ServerSettings(**good, ssl_ciphers="NO-SUCH-CIPHER"))
+    with pytest.raises(TLSConfigError, match="--ssl-ca-certs"):
+        make_ssl_context(ServerSettings(**good, ssl_ca_certs=str(tmp_path / "none.pem")))
+    with pytest.raises(TLSConfigError, match="--ssl-cert-reqs"):
+        make_ssl_context(ServerSettings(**good, ssl_cert_reqs=7))
+    context = make_ssl_context(ServerSettings(**good, ssl_cert_reqs=int(ssl.CERT_OPTIONAL)))
+    assert context is not None and context.verify_mode == ssl.CERT_OPTIONAL
 
 
 def test_unix_socket_serves(worker: Callable[..., WorkerProc]) -> None:
