@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -139,3 +140,41 @@ def test_lifespan_failure_halts_gunicorn_with_status_3(gunicorn: Callable[..., t
                        env={"RT_FAIL_STARTUP": "no database for gunicorn"})
     assert proc.wait_exit(60) == 3
     assert "no database for gunicorn" in proc.output()
+
+
+def test_settings_come_from_gunicorns_config(tmp_path: Path) -> None:
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from server_core.workers import UNLIMITED, CorralH11Worker, CorralWorker
+    from tests.apps.rt_gunicorn import HeaderWorker
+
+    cfg = Config()
+    for name, value in [("keepalive", 7), ("graceful_timeout", 12), ("limit_request_line", 0),
+                        ("limit_request_fields", 50), ("forwarded_allow_ips", "10.0.0.1,10.0.0.2"),
+                        ("max_requests", 100), ("timeout", 18), ("backlog", 512),
+                        ("certfile", str(tmp_path / "c.pem")), ("keyfile", str(tmp_path / "k.pem")),
+                        ("ca_certs", str(tmp_path / "ca.pem")), ("cert_reqs", 2), ("ciphers", "ECDHE+AESGCM")]:
+        cfg.set(name, value)
+    log = Logger(cfg)
+
+    def settings(cls: type[CorralWorker]) -> Any:
+        return cls(0, 1, [], None, 9, cfg, log).server_settings()
+
+    fast = settings(CorralWorker)
+    assert (fast.loop, fast.http) == ("uvloop", "httptools")
+    assert fast.timeout_keep_alive == 7 and fast.timeout_graceful_shutdown == 12
+    assert fast.limit_request_line == UNLIMITED and fast.limit_request_fields == 50
+    assert fast.forwarded_allow_ips == ("10.0.0.1", "10.0.0.2")
+    assert fast.limit_max_requests == 100  # jitter 0
+    assert fast.timeout_worker_healthcheck == 18 and fast.heartbeat_interval == 1.0
+    assert fast.extra["backlog"] == 512
+    assert fast.ssl_certfile == str(tmp_path / "c.pem") and fast.ssl_keyfile == str(tmp_path / "k.pem")
+    assert fast.ssl_ca_certs == str(tmp_path / "ca.pem") and fast.ssl_cert_reqs == 2
+    assert fast.ssl_ciphers == "ECDHE+AESGCM"
+    assert fast.access_log is False  # gunicorn logs access only with --access-logfile
+    pure = settings(CorralH11Worker)
+    assert (pure.loop, pure.http) == ("asyncio", "h11")
+    custom = settings(HeaderWorker)
+    assert custom.server_header is False and custom.headers == (("x-corral-worker", "custom"),)
+    assert custom.timeout_keep_alive == 7
