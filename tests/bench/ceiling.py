@@ -89,12 +89,12 @@ def listening_socket(host: str, port: int, fd: int | None, backlog: int) -> sock
 async def serve(sock: socket.socket) -> None:
     """Serve on ``sock`` until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, stop.set)
     server = await loop.create_server(CeilingProtocol, sock=sock)
     try:
-        await stop
+        await stop.wait()
     finally:
         server.close()
         await server.wait_closed()

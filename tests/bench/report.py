@@ -67,7 +67,7 @@ def machine() -> dict[str, Any]:
         "git": (_command(["git", "rev-parse", "--short", "HEAD"]) or "?") + (" (modified)" if dirty else ""),
         "wrk": (_command(["wrk", "-v"]) or "").split(" Copyright")[0] or None,
         "versions": {name: _version(name) for name in
-                     ("corral", "uvicorn", "uvloop", "httptools", "h11", "websockets", "granian", "psutil")},
+                     ("corral", "uvicorn", "uvloop", "httptools", "h11", "websockets", "granian", "gunicorn", "psutil")},
     }
 
 
@@ -126,13 +126,14 @@ def _reference_key(row: dict[str, Any]) -> str:
 def _ratio(row: dict[str, Any], ref: dict[str, Any] | None, field: str) -> float | None:
     if ref is None or row[field] is None or ref[field] is None or not ref[field]["median"]:
         return None
-    return row[field]["median"] / ref[field]["median"]
+    return float(row[field]["median"]) / float(ref[field]["median"])
 
 
 def _median(summary: Sequence[dict[str, Any]], scenario: str, server: str, field: str) -> float | None:
     for row in summary:
         if row["scenario"] == scenario and row["server"] == server and row[field]:
-            return float(row[field]["median"])
+            median: float = row[field]["median"]
+            return median
     return None
 
 
@@ -281,7 +282,7 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"**failed** ({' '.join(section.get('argv', [])[2:])}): "
                        f"{_first_line(section.get('error'), 200)}")
         if section["markdown"]:
-            out.append(_demote_headings(section["markdown"]))
+            out.append(_as_markdown(section["markdown"]))
     if results.get("notes"):
         out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(out) + "\n"
@@ -291,8 +292,10 @@ def _mib(value: int | None) -> str:
     return "–" if value is None else f"{value / MIB:.1f}"
 
 
-def _demote_headings(text: str) -> str:
-    """Nest a section's own headings under the report's ``##`` heading."""
+def _as_markdown(text: str) -> str:
+    """A section's output: markdown kept (headings nested under ours), plain text fenced."""
+    if not any(line.lstrip().startswith(("|", "#", "- ")) for line in text.splitlines()):
+        return "```text\n" + text.rstrip() + "\n```"
     lines = []
     for line in text.splitlines():
         if line.startswith("#"):

@@ -28,10 +28,10 @@ from typing import Any
 
 from tests.bench import probes, report, sections, wrk
 from tests.bench.measure import SCENARIOS, LoadSettings, Scenario, measure
-from tests.bench.servers import ROOT, ServerSpec, granian_path
+from tests.bench.servers import ROOT, ServerSpec, granian_path, gunicorn_has_asgi
 
 RESULTS = ROOT / "bench-results"
-FAMILIES = ("corral", "uvicorn", "ceiling", "granian")
+FAMILIES = ("corral", "uvicorn", "ceiling", "granian", "gunicorn")
 
 
 def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus: str | None,
@@ -39,6 +39,7 @@ def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus:
     """Every (scenario, server configuration) to measure, in the order they run."""
     cases: list[tuple[Scenario, ServerSpec]] = []
     have_granian = granian_path() is not None
+    have_gunicorn = gunicorn_has_asgi()
     for scenario in scenarios:
         specs = [ServerSpec("corral", cpus=server_cpus), ServerSpec("uvicorn", cpus=server_cpus)]
         if scenario.name == "hello":
@@ -46,6 +47,8 @@ def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus:
             specs.append(ServerSpec("ceiling", http="-", cpus=server_cpus))
             if have_granian:
                 specs.append(ServerSpec("granian", http="-", cpus=server_cpus))
+            if have_gunicorn:
+                specs.append(ServerSpec("gunicorn", http="-", cpus=server_cpus))
         specs += [ServerSpec("corral", http="h11", cpus=server_cpus),
                   ServerSpec("uvicorn", http="h11", cpus=server_cpus)]
         if scenario.name == "hello":
@@ -138,6 +141,10 @@ def _notes(args: argparse.Namespace, load_before: float, load_after: float) -> l
     ]
     if granian_path() is None:
         notes.append("granian is not installed: its rows are absent (`pip install granian` adds them).")
+    if gunicorn_has_asgi():
+        notes.append("gunicorn rows are gunicorn's own ASGI worker (`-k asgi`), master and worker counted.")
+    else:
+        notes.append("gunicorn ≥ 24 (with its asgi worker) is not installed: its rows are absent.")
     if not shutil.which("taskset"):
         notes.append("taskset is not installed: nothing was pinned, figures are noisier.")
     return notes
@@ -176,11 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["runs"] = run_load(cases, load, args.repeat, workdir)
             results["summary"] = report.summarize(results["runs"])
         if not args.no_startup:
-            for family in (f for f in ("corral", "uvicorn", "ceiling", "granian") if f in families):
-                if family == "granian" and granian_path() is None:
+            for family in (f for f in FAMILIES if f in families):
+                if (family == "granian" and granian_path() is None) or (family == "gunicorn" and not gunicorn_has_asgi()):
                     continue
                 _progress(f"startup {family} ×{args.startup_runs} …")
-                spec = ServerSpec(family, http="-" if family in ("ceiling", "granian") else "httptools",
+                spec = ServerSpec(family, http="httptools" if family in ("corral", "uvicorn") else "-",
                                   cpus=server_cpus)
                 results["startup"].append(probes.startup(spec, args.startup_runs, workdir))
         if not args.no_memory:

@@ -1,7 +1,7 @@
 """The servers under test: how each is started, waited for, measured and stopped.
 
 Every server runs as its own process tree (corral: a master and its workers; uvicorn with
-``--workers 1``: one process; granian: a master and a Rust-backed worker; the ceiling: one
+``--workers 1``: one process; granian and gunicorn: a master and a worker; the ceiling: one
 process), started under ``taskset -c 0`` so the tree shares one core while wrk has the other.
 The CPU time of the whole tree is read from the kernel's per-process counters (psutil) before
 and after a load run; divided by the requests wrk completed, that is the server's CPU cost per
@@ -45,7 +45,7 @@ class ServerStartError(RuntimeError):
 class ServerSpec:
     """One server configuration: which implementation, parser, worker count and logging."""
 
-    family: str  # "corral", "uvicorn", "granian" or "ceiling"
+    family: str  # "corral", "uvicorn", "granian", "gunicorn" (its own asgi worker) or "ceiling"
     http: str = "httptools"  # "httptools" or "h11" ("-" for servers with their own parser)
     workers: int = 1
     access_log: bool = False
@@ -106,6 +106,14 @@ class ServerSpec:
                 "--access-log" if self.access_log else "--no-access-log",
                 app_ref,
             ]
+        elif self.family == "gunicorn":
+            # gunicorn's own ASGI worker (``-k asgi``), the process manager corral also replaces.
+            argv = [
+                sys.executable, "-m", "gunicorn", "-k", "asgi", "-w", str(self.workers),
+                "-b", f"{HOST}:{port}", "--log-level", "info" if self.access_log else "warning",
+                *(["--access-logfile", "-"] if self.access_log else []),
+                app_ref,
+            ]
         else:
             raise ValueError(f"unknown server family {self.family!r}")
         return pinned(argv, self.cpus)
@@ -117,6 +125,17 @@ def granian_path() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("granian")
+
+
+def gunicorn_has_asgi() -> bool:
+    """True when the installed gunicorn ships its own ASGI worker (``-k asgi``, gunicorn ≥ 24)."""
+    try:
+        from importlib import metadata
+
+        major = int(metadata.version("gunicorn").split(".")[0])
+    except (ImportError, ValueError, metadata.PackageNotFoundError):
+        return False
+    return major >= 24
 
 
 def free_port() -> int:

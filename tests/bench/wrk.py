@@ -81,7 +81,7 @@ def parse(output: str) -> WrkResult:
     errors_match = _SOCKET_ERRORS_RE.search(output)
     socket_errors: dict[str, int] = {}
     if errors_match:
-        socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, errors_match.groups())))
+        socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, errors_match.groups()), strict=True))
     return WrkResult(
         requests=requests,
         duration_s=duration_s,
