@@ -9,7 +9,6 @@ breaks the test's assumptions fails loudly), then runs
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -170,8 +169,12 @@ def _worker_pids(master: int) -> set[int]:
 
 def test_hup_roll_behind_nginx_has_no_failed_request(stack: Stack) -> None:
     master = stack.corral.pid
-    old = wait_until(lambda: (pids := _worker_pids(master)) if len(pids) == 2 else None, 20,
-                     "two corral workers", alive=stack.corral.dead)
+
+    def two_workers() -> set[int] | None:
+        pids = _worker_pids(master)
+        return pids if len(pids) == 2 else None
+
+    old = wait_until(two_workers, 20, "two corral workers", alive=stack.corral.dead)
     with Load(stack.url + "/pid", clients=4, duration=90) as load:
         load.wait_successes(50)
         os.kill(master, signal.SIGHUP)

@@ -3,7 +3,8 @@
 HTTP routes (any method):
 - ``/echo``: the request body back; ``?chunked=1`` answers in several chunks
   without a Content-Length;
-- ``/slow?seconds=S``: answers after S seconds (for in-flight requests);
+- ``/slow?seconds=S&mark=FILE``: creates FILE once the request is in the app,
+  then answers after S seconds (for in-flight requests);
 - ``/pid``: the worker's pid alone (what ``tests.load.Load`` counts);
 - anything else: a JSON report of the scope (client, scheme, server,
   root_path, path, lifespan state, headers) and the worker's pid.
@@ -96,6 +97,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path.endswith("/pid"):
         body = str(os.getpid()).encode()
     elif path.endswith("/slow"):
+        if "mark" in query:  # tells the test the request is in the app now
+            with open(query["mark"][0], "w") as marker:
+                marker.write(str(os.getpid()))
         await asyncio.sleep(float(query.get("seconds", ["1"])[0]))
         body = b"slept"
     elif not path.endswith("/echo"):
