@@ -113,7 +113,13 @@ class WorkerRuntime:
         handlers = None
         if install_signals:
             handlers = signal_handlers if signal_handlers is not None else self.default_signal_handlers()
-        status = loops.run(self._main(handlers), factory)
+        try:
+            status = loops.run(self._main(handlers), factory)
+        except Exception:
+            # A bug of ours (or the protocol failing to import): the worker
+            # must still end with a status, not an exception in a forked child.
+            logger.exception("Worker failed")
+            return 1
         logger.info("Finished server process [%d]", os.getpid())
         return status
 
