@@ -53,6 +53,13 @@ from typing import Any, NoReturn
 HANDOFF_VAR = "CORRAL_HANDOFF"
 HANDOFF_VERSION = 1
 CHECK_PREFIX = "corral upgrade check: "
+# The log events of an upgrade (tests and operators grep for these names).
+EVENT_STARTED = "upgrade_started"  # USR2 accepted, preflight running
+EVENT_EXEC = "upgrade_exec"  # preflight passed, re-executing now
+EVENT_ADOPTED = "upgrade_adopted"  # new image running with the handed-over listeners and workers
+EVENT_DONE = "upgrade_done"  # new generation ready, previous one retired
+EVENT_ROLLBACK = "upgrade_rollback"  # with reason=: the old generation keeps serving
+EVENT_IGNORED = "upgrade_ignored"  # a USR2 while one is in flight
 # Signals the master handles: blocked across the exec, unblocked by the new image.
 BLOCKED_SIGNALS = frozenset({
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
