@@ -30,13 +30,18 @@ from tests.support import FACTOR, deadline, wait_until
 class Server:
     """An HTTPProtocol server on a loop thread; stopped by the fixture."""
 
-    def __init__(self, app: Any, **settings: Any) -> None:
+    def __init__(self, app: Any, loop: str = "asyncio", **settings: Any) -> None:
         settings.setdefault("ws", "none")
         self.settings = ServerSettings(**settings)
         self.state = ServerState(settings=self.settings, app=app)
         self.state.default_headers = [(b"server", b"corral")]
         self.state.date_header = [(b"date", b"Thu, 01 Jan 2026 00:00:00 GMT")]
-        self.loop = asyncio.new_event_loop()
+        if loop == "uvloop":
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -78,12 +83,14 @@ class Server:
             self.sock.close()
 
 
-@pytest.fixture(params=["httptools", "h11"])
+@pytest.fixture(params=["httptools-asyncio", "h11-asyncio", "httptools-uvloop"])
 def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
+    """Start a server; both parsers on asyncio, and httptools on uvloop (the default stack)."""
     servers: list[Server] = []
+    http, loop = request.param.split("-")
 
     def start(app: Any, **settings: Any) -> Server:
-        server = Server(app, http=request.param, **settings)
+        server = Server(app, loop, http=http, **settings)
         servers.append(server)
         return server
 

@@ -89,7 +89,8 @@ class HttptoolsParser(MessageReader):
             self._complete = False
 
     def _parse_body(self, piece: bytes, events: list[Event]) -> bool:
-        self._body = parts = []
+        parts: list[bytes] = []
+        self._body = parts
         try:
             self._parser.feed_data(piece)
         except httptools.HttpParserError as exc:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from server_core.http import make_parser
 from server_core.http.cycle import RequestCycle
@@ -96,8 +96,8 @@ class HTTPProtocol(asyncio.Protocol):
     # -- connection lifecycle -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
+        self.transport = cast(asyncio.Transport, transport)
         self.state.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
