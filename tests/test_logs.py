@@ -385,6 +385,37 @@ def test_bad_log_config_is_a_clear_value_error(tmp_path: Path, name: str, conten
     assert reason in message, message
 
 
+def test_a_broken_file_on_reconfigure_leaves_logging_as_it_was(tmp_path: Path) -> None:
+    """A HUP that re-reads a broken --log-config must not silence the master."""
+    shutil.copy(ETC / "logging.json", tmp_path / "logging.json")
+    (tmp_path / "broken.json").write_text(json.dumps({
+        "version": 1, "handlers": {"h": {"class": "logging.FileHandler", "filename": "/nonexistent/dir/x.log"}},
+        "root": {"handlers": ["h"]}}))
+    proc = run("""
+        logs.configure(ServerSettings(log_format="json"), process="master")
+        for bad in (ServerSettings(log_config="broken.json"), ServerSettings(log_config="missing.yaml"),
+                    ServerSettings(log_level="loud"), ServerSettings(log_format="xml")):
+            try:
+                logs.configure(bad, process="master")
+            except ValueError as exc:
+                print(type(exc).__name__, exc)
+        structlog.get_logger("corral.master").error("log_config_invalid")
+        logs.configure(ServerSettings(log_config="logging.json"), process="master")
+        try:
+            logs.configure(ServerSettings(log_config="broken.json"), process="master")
+        except ValueError:
+            pass
+        logs.AccessLog().log(None, "GET", b"/kept", b"", "1.1", 200, 0, 0.0)
+        logs.configure(ServerSettings(log_format="json"), process="master")  # back to stderr, once
+        structlog.get_logger("corral.master").info("back_on_stderr")
+        logs.AccessLog().log(None, "GET", b"/stderr", b"", "1.1", 200, 0, 0.0)
+    """, cwd=tmp_path)
+    assert len(proc.stdout.splitlines()) == 4 and "broken.json" in proc.stdout
+    assert [(line["event"], line.get("path")) for line in json_lines(proc.stderr)] == [
+        ("log_config_invalid", None), ("back_on_stderr", None), ("request", "/stderr")]
+    assert [line["path"] for line in json_lines((tmp_path / "access.log").read_text())] == ["/kept"]
+
+
 # ---------------------------------------------------------------------------
 # USR1: reopen
 

@@ -67,6 +67,7 @@ from server_core.logs.render import (
     ConsoleFormatter,
     JSONFormatter,
     LineHandler,
+    all_loggers,
     configure_structlog,
     default_colors,
     level_number,
@@ -84,8 +85,11 @@ __all__ = [
 # configure()
 
 # What the last configure() of this process installed, so a second call (a
-# forked worker re-configuring, a test) replaces it instead of stacking.
+# forked worker re-configuring, a HUP, a test) replaces it instead of stacking.
 _installed: list[tuple[logging.Logger, logging.Handler]] = []
+# True once a --log-config file was applied in this process: going back to
+# stderr must then take the file's handlers off our loggers and the root.
+_file_applied = False
 
 
 def configure(settings: ServerSettings, process: str = "worker") -> None:
@@ -95,30 +99,39 @@ def configure(settings: ServerSettings, process: str = "worker") -> None:
     :class:`LineHandler` on stderr with the ``--log-format`` renderer is put on
     the root logger, so the application's own logging comes out the same way.
     With ``--log-config`` the file is applied instead (see the module doc).
-    Raises ``ValueError`` naming the file for a log config that cannot be used.
+    Raises ``ValueError`` naming the file (or the bad level/format) when the
+    settings cannot be used; the logging that was in place then stays as it
+    was, so a HUP with a broken file does not silence the master.
     Safe to call again: the previous setup of this module is replaced.
     """
-    render.process_kind = process
     level = level_number(settings.log_level)
+    # Validated before anything is touched.
+    formatter = None if settings.log_config else make_formatter(settings)
+    render.process_kind = process
     configure_structlog()
-    _uninstall()
     if settings.log_config:
-        configured = apply_log_config(settings.log_config)
-        apply_aliases(configured)
-        for name in OUR_LOGGERS:
-            logger = logging.getLogger(name)
-            # dictConfig's default disable_existing_loggers would silence ours.
-            logger.disabled = False
-            if not configured_by_file(name, configured):
-                logger.setLevel(level)
-        return
+        _configure_from_file(settings.log_config, level)
+    else:
+        assert formatter is not None
+        _configure_stderr(formatter, level)
+
+
+def _configure_stderr(formatter: logging.Formatter, level: int) -> None:
+    global _file_applied
+    _uninstall()
+    root = logging.getLogger()
+    if _file_applied:
+        for logger in (root, *(logging.getLogger(name) for name in (*OUR_LOGGERS, *ALIASES))):
+            for old in list(logger.handlers):
+                logger.removeHandler(old)
+                old.close()
+        _file_applied = False
     stream = sys.stderr if sys.stderr is not None else sys.__stderr__
     if stream is None:  # no stderr at all (a detached process): nothing to write to
         handler: logging.Handler = logging.NullHandler()
     else:
         handler = LineHandler(stream)
-    handler.setFormatter(make_formatter(settings))
-    root = logging.getLogger()
+    handler.setFormatter(formatter)
     root.addHandler(handler)
     _installed.append((root, handler))
     # Libraries' DEBUG is the floor for the root: TRACE is corral's own level.
@@ -128,6 +141,50 @@ def configure(settings: ServerSettings, process: str = "worker") -> None:
         logger.setLevel(level)
         logger.propagate = True
         logger.disabled = False
+
+
+def _configure_from_file(path: str, level: int) -> None:
+    global _file_applied
+    snapshot = _snapshot()
+    installed = list(_installed)
+    _uninstall()
+    try:
+        configured = apply_log_config(path)
+    except ValueError:
+        _restore(snapshot)
+        _installed[:] = installed
+        raise
+    _file_applied = True
+    apply_aliases(configured)
+    for name in OUR_LOGGERS:
+        logger = logging.getLogger(name)
+        # dictConfig's default disable_existing_loggers would silence ours.
+        logger.disabled = False
+        if not configured_by_file(name, configured):
+            logger.setLevel(level)
+
+
+_LoggerState = tuple[int, list[logging.Handler], bool, bool]
+
+
+def _snapshot() -> dict[logging.Logger, _LoggerState]:
+    return {logger: (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+            for logger in all_loggers()}
+
+
+def _restore(snapshot: dict[logging.Logger, _LoggerState]) -> None:
+    """Put every logger back as it was before a file failed half-way through.
+
+    The logging config code closes the old handlers before it builds the new
+    ones; a closed stream or file handler still works once re-attached (a
+    file handler reopens its file on the next record).
+    """
+    for logger in all_loggers():
+        level, handlers, propagate, disabled = snapshot.get(logger, (logging.NOTSET, [], True, False))
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.disabled = disabled
 
 
 def make_formatter(settings: ServerSettings) -> logging.Formatter:

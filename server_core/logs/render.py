@@ -70,6 +70,14 @@ os.register_at_fork(after_in_child=_refresh_pid)
 process_kind = "worker"
 
 
+def all_loggers() -> list[logging.Logger]:
+    """The root logger and every logger created so far (placeholders skipped)."""
+    loggers = [logging.getLogger()]
+    loggers += [item for item in list(logging.Logger.manager.loggerDict.values())
+                if isinstance(item, logging.Logger)]
+    return loggers
+
+
 class _Clock:
     """ISO 8601 UTC timestamps with milliseconds; the seconds part is formatted once per second."""
 

@@ -8,15 +8,12 @@ from collections.abc import Iterator
 import structlog
 
 from server_core.logs import render
-from server_core.logs.render import ERROR_LOGGER
+from server_core.logs.render import ERROR_LOGGER, all_loggers
 
 
 def _all_handlers() -> Iterator[logging.Handler]:
     seen: set[int] = set()
-    loggers: list[logging.Logger] = [logging.getLogger()]
-    loggers += [item for item in list(logging.Logger.manager.loggerDict.values())
-                if isinstance(item, logging.Logger)]
-    for logger in loggers:
+    for logger in all_loggers():
         for handler in list(logger.handlers):
             if id(handler) not in seen:
                 seen.add(id(handler))
