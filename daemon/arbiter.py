@@ -20,6 +20,7 @@ import selectors
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,11 +81,11 @@ class Notifier(Protocol):
 
     watchdog_interval: float | None
 
-    def ready(self) -> None: ...
-    def reloading(self) -> None: ...
-    def stopping(self) -> None: ...
-    def status(self, text: str) -> None: ...
-    def watchdog(self) -> None: ...
+    def ready(self) -> object: ...
+    def reloading(self) -> object: ...
+    def stopping(self) -> object: ...
+    def status(self, text: str) -> object: ...
+    def watchdog(self) -> object: ...
 
 
 class NullNotifier:
@@ -108,6 +109,15 @@ class NullNotifier:
         pass
 
 
+class Watched(Protocol):
+    """Something else the loop waits on (the USR2 preflight, say): a readable fd and a deadline."""
+
+    def fileno(self) -> int: ...
+    def on_readable(self) -> bool: ...  # True: finished, stop watching
+    def deadline(self) -> float | None: ...
+    def on_deadline(self) -> bool: ...  # called once the deadline passed; True: finished
+
+
 @dataclass
 class Roll:
     """A HUP roll in progress, and what to go back to if its first new worker fails."""
@@ -127,11 +137,13 @@ class Arbiter:
     """The master's state and loop. Create, then :meth:`run` once."""
 
     def __init__(self, config: Any, listeners: list[Listener], *, notify: Notifier | None = None,
-                 app: Any = None) -> None:
+                 app: Any = None, upgrade: Callable[[Arbiter], None] | None = None) -> None:
         self.config = config
         self.listeners = listeners
         self.notify: Notifier = notify or NullNotifier()
         self.preloaded_app = app
+        self.upgrade = upgrade
+        self.watched: list[Watched] = []
         self.records: dict[int, WorkerRecord] = {}
         self.target = int(config.workers)
         self.generation = 1  # generation of the config new workers get
@@ -206,15 +218,28 @@ class Arbiter:
         moments = deadlines(list(self.records.values()), now=now,
                             boot_timeout=self.config.timeout_worker_boot,
                             heartbeat_timeout=self.config.timeout_worker_healthcheck)
-        for extra in (self.stop_deadline, self.retry_at, self.next_memory_sample, self.next_watchdog):
-            if extra is not None:
-                moments.append(extra)
+        extras = [self.stop_deadline, self.retry_at, self.next_memory_sample, self.next_watchdog]
+        extras += [w.deadline() for w in self.watched]
+        moments += [moment for moment in extras if moment is not None]
         timeout = max(0.0, min(moments) - now) if moments else None
         for key, _ in self.selector.select(timeout):
             if key.data is None:
                 self._drain_wakeup()
-            else:
+            elif isinstance(key.data, WorkerRecord):
                 self._read_pipe(key.data)
+            elif key.data.on_readable():
+                self.unwatch(key.data)
+
+    def watch(self, source: Watched) -> None:
+        """Also wait on ``source`` (its fd and its deadline) until it says it is finished."""
+        self.watched.append(source)
+        self.selector.register(source.fileno(), selectors.EVENT_READ, source)
+
+    def unwatch(self, source: Watched) -> None:
+        """Stop waiting on ``source``."""
+        if source in self.watched:
+            self.watched.remove(source)
+            self.selector.unregister(source.fileno())
 
     def _drain_wakeup(self) -> None:
         try:
@@ -439,6 +464,10 @@ class Arbiter:
                 self._signal(record, signal.SIGKILL)
         if self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
+        for source in list(self.watched):
+            moment = source.deadline()
+            if moment is not None and now >= moment and source.on_deadline():
+                self.unwatch(source)
         if self.next_memory_sample is not None and now >= self.next_memory_sample:
             self.next_memory_sample = now + MEMORY_INTERVAL
             self._sample_memory()
@@ -515,14 +544,33 @@ class Arbiter:
                         wanted=list(new.binds), kept=[lst.address for lst in self.listeners])
         self.notify.reloading()
         self._reconfigure_logs(new)
+        self.start_roll(new, Reason.HUP.value)
+
+    def start_roll(self, config: Any, reason: str) -> None:
+        """Replace every worker by one of a new generation running ``config``, readiness-gated."""
         self.roll = Roll(generation=self.generation + 1, previous_config=self.config,
                          previous_floor=self.floor, previous_generation=self.generation)
-        self.config = new
+        self.config = config
         self.generation = self.floor = self.roll.generation
-        self.target = int(new.workers)
-        self.vacancy = Reason.HUP.value
+        self.target = int(config.workers)
+        self.vacancy = reason
         self.failures, self.retry_at = 0, None
-        log.info("roll_started", generation=self.generation, workers=self.target)
+        if config.limit_worker_memory and self.next_memory_sample is None:
+            self.next_memory_sample = time.monotonic() + MEMORY_INTERVAL
+        log.info("roll_started", generation=self.generation, workers=self.target, reason=reason)
+
+    def adopt(self, record: WorkerRecord) -> None:
+        """Supervise a worker forked before this image (the USR2 re-exec hands them over)."""
+        self.records[record.pid] = record
+        self.serial = max(self.serial, record.serial)
+        self.generation = max(self.generation, record.generation)
+        self.floor = self.generation
+        if record.state is State.READY:
+            self.ever_ready = self.announced_ready = True
+        if record.read_fd is not None:
+            os.set_blocking(record.read_fd, False)
+            self.selector.register(record.read_fd, selectors.EVENT_READ, record)
+        log.info("worker_adopted", pid=record.pid, generation=record.generation, state=record.state.value)
 
     def _reconfigure_logs(self, config: Any) -> None:
         try:
@@ -562,8 +610,13 @@ class Arbiter:
             self._signal(record, WORKER_SIGNALS["reopen"])
 
     def on_upgrade(self) -> None:
-        """USR2: the binary upgrade (daemon/upgrade.py plugs in here)."""
-        log.warning("upgrade_unavailable", reason="this build has no USR2 upgrade")
+        """USR2: the binary upgrade, handed to ``daemon.upgrade`` through the ``upgrade`` hook."""
+        if self.stopping:
+            return
+        if self.upgrade is None:
+            log.warning("upgrade_unavailable", reason="no upgrade handler in this master")
+            return
+        self.upgrade(self)
 
     def on_winch(self) -> None:
         """WINCH (off a terminal): stop every worker gracefully, keep master and sockets."""
@@ -579,11 +632,33 @@ class Arbiter:
         """CHLD: nothing to do here; every turn of the loop reaps."""
 
 
-def run_master(config: Any, *, notify: Notifier | None = None,
-               inherited: dict[str, Any] | None = None) -> int:
-    """Open the listeners, fork the workers and supervise them until stopped; the exit status."""
+def open_all(config: Any, inherited: dict[str, Any] | None) -> list[Listener]:
+    """The listeners: those handed over (upgrade), else systemd's plus ``config.binds``."""
+    if inherited is None:
+        from daemon import systemd
+
+        fds = systemd.listen_fds()
+        if fds:
+            binds, inherited = systemd.match_names(fds, config.binds, implicit=systemd.implicit_bind(config))
+            return open_listeners(systemd.listen_slice(config, binds), inherited)
+    return open_listeners(config, inherited)
+
+
+def run_master(config: Any, *, notify: Notifier | None = None, inherited: dict[str, Any] | None = None,
+               adopted: Sequence[WorkerRecord] = (), upgrade: Callable[[Arbiter], None] | None = None) -> int:
+    """Open the listeners, fork the workers and supervise them until stopped; the exit status.
+
+    The hooks are for systemd and the USR2 upgrade: ``notify`` (default: an
+    sd_notify client, a no-op without ``$NOTIFY_SOCKET``), ``inherited``
+    sockets by address, ``adopted`` workers of the previous image (replaced
+    by a readiness-gated roll at once) and the ``upgrade`` handler for USR2.
+    """
+    if notify is None:
+        from daemon.systemd import Notifier as SdNotifier
+
+        notify = SdNotifier.from_environ()
     try:
-        listeners = open_listeners(config, inherited)
+        listeners = open_all(config, inherited)
     except ListenerError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return 1
@@ -599,14 +674,19 @@ def run_master(config: Any, *, notify: Notifier | None = None,
             app = load(config.server_settings())
         except AppLoadError as exc:
             log.error("boot_failed", error=exc.message, details=exc.details, action="exit")
-            say(f"the application could not start: {exc.message}")
+            say(f"the application could not start: {exc}")
             close_listeners(listeners)
             return EXIT_APP_FAILED
     if config.pid:
         pidfile.write(config.pid)
     log.info("master_started", pid=os.getpid(), workers=config.workers)
     try:
-        return Arbiter(config, listeners, notify=notify, app=app).run()
+        arbiter = Arbiter(config, listeners, notify=notify, app=app, upgrade=upgrade)
+        for record in adopted:
+            arbiter.adopt(record)
+        if adopted:
+            arbiter.start_roll(config, "upgrade")
+        return arbiter.run()
     finally:
         close_listeners(listeners)
         if config.pid:

@@ -30,10 +30,14 @@ class ListenerError(Exception):
 class ListenConfig(Protocol):
     """The slice of ``daemon.config.Config`` this module reads."""
 
-    binds: tuple[str, ...]
-    uds_mode: int
-    backlog: int
-    reuse_port: bool
+    @property
+    def binds(self) -> tuple[str, ...]: ...
+    @property
+    def uds_mode(self) -> int: ...
+    @property
+    def backlog(self) -> int: ...
+    @property
+    def reuse_port(self) -> bool: ...
 
 
 @dataclass

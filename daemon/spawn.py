@@ -61,7 +61,12 @@ def _run_child(settings: ServerSettings, sockets: Sequence[socket], read_fd: int
                 os.close(fd)
             except OSError:
                 pass
+        # Only the master talks to systemd (a stray READY=1 from the app
+        # would be believed under NotifyAccess=all).
+        from daemon.systemd import forget_notify_socket
         from server_core.worker import serve
+
+        forget_notify_socket()
 
         status = serve(settings, sockets, control=PipeControl(write_fd), app=app)
     except SystemExit as exc:
