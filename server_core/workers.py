@@ -126,6 +126,7 @@ class CorralWorker(Worker):
             self.runtime.quit()
 
     def _reopen(self) -> None:
+        self.log.info("Worker %s reopening log files (USR1)", os.getpid())
         self.log.reopen_files()
 
     def signal_handlers(self) -> dict[int, Callable[[], None]]:

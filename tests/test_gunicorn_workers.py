@@ -6,6 +6,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,25 @@ def test_settings_come_from_gunicorns_config(tmp_path: Path) -> None:
     custom = settings(HeaderWorker)
     assert custom.server_header is False and custom.headers == (("x-corral-worker", "custom"),)
     assert custom.timeout_keep_alive == 7
+
+
+def test_usr1_keeps_workers_and_quit_is_quick(gunicorn: Callable[..., tuple[Proc, str]], tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc, url = gunicorn("server_core.workers.CorralH11Worker", env={"RT_MARKS": str(marks)})
+    wait_until(lambda: answers(url + "/"), 30, "gunicorn answering", alive=proc.dead)
+    workers = wait_until(lambda: generation(proc, 1), 30, "a worker", alive=proc.dead)
+    # USR1 (reopen logs) goes on to the workers; its default action would kill them.
+    proc.signal(signal.SIGUSR1)
+    proc.wait_log("reopening log files (USR1)")
+    assert answers(url + "/")
+    assert worker_pids(proc) == workers
+    # QUIT with a 60 s request in flight: gunicorn's graceful timeout is 20 s,
+    # so exiting well before it shows the worker quit at once.
+    hanging = threading.Thread(target=lambda: answers(url + "/sleep?s=60&mark=long"), daemon=True)
+    hanging.start()
+    wait_until((marks / "long").exists, 20, "the long request to reach the app", alive=proc.dead)
+    started = time.monotonic()
+    proc.signal(signal.SIGQUIT)
+    assert proc.wait_exit(60) == 0
+    assert time.monotonic() - started < 10
