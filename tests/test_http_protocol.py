@@ -643,3 +643,85 @@ def test_websocket_upgrade_hands_off(serve) -> None:
     with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10 * FACTOR) as ws:
         ws.send("hi")
         assert ws.recv(timeout=10 * FACTOR) == "echo hi"
+
+
+def test_half_closed_client_still_gets_its_responses(serve, clients) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(GET % b"/a" + b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    client.sock.shutdown(socket.SHUT_WR)
+    assert client.response()[1][b"x-path"] == b"/a"
+    status, _, body = client.response()
+    # Whether the EOF is seen before or after this head is written is a race;
+    # either way the server answers and then closes.
+    assert (status, body) == (200, b"hi")
+    assert client.closed()
+
+
+def test_retire_keeps_silent_connection_until_keep_alive_timeout(serve, clients) -> None:
+    server = serve(http_apps.echo, timeout_keep_alive=1.0)
+    client = clients(server.port)
+    wait_until(lambda: len(server.state.connections) == 1, 10, "the connection to be accepted")
+    server.call(lambda: [conn.shutdown(True) for conn in list(server.state.connections)])
+    # Still open: a request sent now is served (with close).
+    client.send(GET % b"/late")
+    status, headers, _ = client.response()
+    assert status == 200 and headers[b"connection"] == b"close"
+    assert client.closed()
+    # A silent one is closed by the keep-alive deadline.
+    silent = clients(server.port)
+    wait_until(lambda: len(server.state.connections) == 1, 10, "the second connection")
+    server.call(lambda: [conn.shutdown(True) for conn in list(server.state.connections)])
+    started = time.monotonic()
+    assert silent.closed()
+    assert time.monotonic() - started < 10 * FACTOR
+
+
+def test_reset_contextvars(serve, clients) -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("request_marker", default="unset")
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen = var.get()
+        var.set("set-by-" + scope["path"])
+        body = seen.encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    server = serve(app, reset_contextvars=True)
+    server.call(lambda: var.set("from-the-server-loop"))
+    client = clients(server.port)
+    for _ in range(2):
+        client.send(GET % b"/x")
+        assert client.response()[2] == b"unset"
+
+
+def test_tls_scope_scheme_is_https(serve, tmp_path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    server = serve(http_apps.scope_dump, proxy_headers=False)
+    # Serve TLS on a second listener of the same loop and state.
+    tls_sock = socket.socket()
+    tls_sock.bind(("127.0.0.1", 0))
+    tls_sock.listen(8)
+
+    async def start_tls() -> asyncio.AbstractServer:
+        return await server.loop.create_server(lambda: HTTPProtocol(server.state), sock=tls_sock, ssl=server_ctx)
+
+    tls_server = server.call(start_tls)
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        port = tls_sock.getsockname()[1]
+        response = httpx.get(f"https://127.0.0.1:{port}/secure", verify=client_ctx, timeout=10 * FACTOR)
+        assert response.json()["scheme"] == "https"
+    finally:
+        server.call(tls_server.close)
+        tls_sock.close()

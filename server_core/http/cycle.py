@@ -114,8 +114,7 @@ class RequestCycle:
                 logger.error("Exception in ASGI application", exc_info=True)
             self._abandon()
         except Exception:
-            if not (self.disconnected and not self.complete):
-                logger.error("Exception in ASGI application", exc_info=True)
+            logger.error("Exception in ASGI application", exc_info=True)
             self._abandon()
         except asyncio.CancelledError:
             self._abandon()

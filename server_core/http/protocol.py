@@ -233,10 +233,11 @@ class HTTPProtocol(asyncio.Protocol):
             return
         limit = state.settings.limit_concurrency
         if limit is not None and len(state.connections) + len(state.tasks) > limit:
+            # Overloaded: refuse without running the app, and close — the
+            # request body (if any) is not read, and fewer connections is the point.
             cycle.status = 503
-            cycle.keep_alive = cycle.keep_alive and cycle.body_complete
-            self.write(simple_response(503, "Service Unavailable", self.defaults(),
-                                       keep_alive=cycle.keep_alive and not self.closing))
+            cycle.keep_alive = False
+            self.write(simple_response(503, "Service Unavailable", self.defaults()))
             cycle.complete = True
             self.response_complete(cycle)
             return
