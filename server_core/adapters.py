@@ -7,7 +7,8 @@ wraps a PEP 3333 application in :class:`WSGIAdapter`, which runs it in a thread
 pool and streams both ways: the request body is pulled from ASGI ``receive``
 only as the application reads ``wsgi.input``, and each response chunk is sent
 (and flow-controlled by the transport) as the application yields it, so neither
-side is ever held whole in memory.
+side is ever held whole in memory. :class:`MessageLogger` wraps any of them to
+log each ASGI message at ``--log-level trace``.
 """
 
 from __future__ import annotations
