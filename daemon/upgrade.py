@@ -46,9 +46,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
+
+import structlog
+
+log = structlog.get_logger("corral.master")
 
 HANDOFF_VAR = "CORRAL_HANDOFF"
 HANDOFF_VERSION = 1
@@ -236,28 +240,40 @@ def config_argv(config: Any) -> list[str]:
 
 
 class Preflight:
-    """The check process of one USR2, read from the arbiter's selector.
+    """The check process of one USR2, waited on in the arbiter's selector (its ``Watched``).
 
-    ``fileno()`` is its merged stdout/stderr; call :meth:`on_readable` when
-    it is readable and :meth:`expired` at the deadline. ``ok`` is None while
-    running, then True or False with ``reason`` saying why.
+    ``fileno()`` is the check's merged stdout/stderr. The arbiter calls
+    :meth:`on_readable` when it is readable and :meth:`on_deadline` once
+    :meth:`deadline` has passed; both return True when the check is over.
+    Then ``ok`` is True or False (with ``reason``) and ``on_done(self)`` has
+    run. The pipe stays open until :meth:`close`, so the arbiter can still
+    unregister its descriptor after being told the check is over.
     """
 
-    def __init__(self, argv: Sequence[str], timeout: float, *, cwd: str | None = None) -> None:
+    def __init__(self, argv: Sequence[str], timeout: float, *, cwd: str | None = None,
+                 on_done: Callable[[Preflight], None] | None = None) -> None:
         self.popen = start_preflight(argv, cwd=cwd)
         assert self.popen.stdout is not None
         self._fd = self.popen.stdout.fileno()
         os.set_blocking(self._fd, False)
-        self.deadline = time.monotonic() + timeout
+        self._deadline = time.monotonic() + timeout
+        self.on_done = on_done
         self.output = b""
         self.ok: bool | None = None
         self.reason = ""
 
     def fileno(self) -> int:
+        """The descriptor to wait on."""
         return self._fd
 
+    def deadline(self) -> float | None:
+        """When the check has taken too long (``time.monotonic()``); None once it is over."""
+        return None if self.ok is not None else self._deadline
+
     def on_readable(self) -> bool:
-        """Read what is there; True once the check has finished (``ok`` set)."""
+        """Read what is there; True once the check has finished."""
+        if self.ok is not None:
+            return True
         while True:
             try:
                 chunk = os.read(self._fd, 65536)
@@ -266,32 +282,202 @@ class Preflight:
             if not chunk:
                 break
             self.output = (self.output + chunk)[-65536:]
-        status = self.popen.wait()
+        try:
+            status = self.popen.wait(timeout=5)  # end of output: it is exiting
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            status = self.popen.wait()
         self._finish(status == 0, f"check exited with status {status}")
         return True
 
-    def expired(self, now: float | None = None) -> bool:
-        """At or past the deadline: kill the check and fail; True if it did so."""
-        if self.ok is not None or (now if now is not None else time.monotonic()) < self.deadline:
-            return False
-        self.kill()
-        self._finish(False, "check did not finish before --timeout-worker-boot")
+    def on_deadline(self) -> bool:
+        """The deadline passed: kill the check, fail the upgrade; True (the check is over)."""
+        if self.ok is None:
+            self.kill()
+            self._finish(False, "check did not finish before --timeout-worker-boot")
         return True
+
+    def expired(self, now: float | None = None) -> bool:
+        """Like :meth:`on_deadline`, but only at or past the deadline; True if it fired."""
+        moment = self.deadline()
+        if moment is None or (now if now is not None else time.monotonic()) < moment:
+            return False
+        return self.on_deadline()
 
     def kill(self) -> None:
         """Kill and reap the check process (idempotent)."""
         if self.popen.poll() is None:
             self.popen.kill()
         self.popen.wait()
-        if self.popen.stdout is not None:
+
+    def close(self) -> None:
+        """Kill the check if still running and close its pipe."""
+        self.kill()
+        if self.popen.stdout is not None and not self.popen.stdout.closed:
             self.popen.stdout.close()
 
     def _finish(self, ok: bool, fallback: str) -> None:
         self.ok = ok
         if not ok:
             self.reason = _reason(self.output.decode(errors="replace")) or fallback
-        if self.popen.stdout is not None and not self.popen.stdout.closed:
-            self.popen.stdout.close()
+        if self.on_done is not None:
+            self.on_done(self)
+
+
+class Upgrader:
+    """The USR2 handler the arbiter calls (``run_master(upgrade=...)``): one upgrade at a time.
+
+    First half, in the running image: start the :class:`Preflight` and have
+    the arbiter watch it; on success hand everything over and exec. Second
+    half, in the new image (``resumed=True``): the arbiter rolls the adopted
+    workers and reports the roll's end through :meth:`roll_finished`.
+    """
+
+    def __init__(self, *, socket_activated: bool = False, resumed: bool = False) -> None:
+        self.socket_activated = socket_activated
+        self.rolling = resumed
+        self.check: Preflight | None = None
+
+    def in_flight(self, arbiter: Any) -> str | None:
+        """Why a USR2 now must be ignored, or None."""
+        if self.check is not None and self.check.ok is None:
+            return "the upgrade check of a previous USR2 is still running"
+        if self.rolling:
+            return "the new generation of the previous upgrade is not ready yet"
+        if getattr(arbiter, "roll", None) is not None:
+            return "a rolling restart is in progress"
+        if getattr(arbiter, "stopping", None):
+            return "the master is stopping"
+        return None
+
+    def __call__(self, arbiter: Any) -> None:
+        """USR2: start the check of the new code (the exec follows when it passes)."""
+        busy = self.in_flight(arbiter)
+        if busy:
+            log.warning(EVENT_IGNORED, reason=busy)
+            _say(f"USR2 ignored: {busy}")
+            return
+        if self.check is not None:
+            self.check.close()
+        config = arbiter.config
+        argv = config_argv(config)
+        log.info(EVENT_STARTED, pid=os.getpid(), check=" ".join(argv))
+        try:
+            self.check = Preflight(argv, float(config.timeout_worker_boot),
+                                   on_done=lambda check: self._checked(arbiter, check))
+        except OSError as exc:
+            self._rollback(f"cannot start the upgrade check: {exc}", stage="check")
+            return
+        arbiter.watch(self.check)
+
+    def _checked(self, arbiter: Any, check: Preflight) -> None:
+        if not check.ok:
+            self._rollback(check.reason, stage="check")
+            return
+        busy = "the master is stopping" if getattr(arbiter, "stopping", None) else None
+        if busy is None and getattr(arbiter, "roll", None) is not None:
+            busy = "a rolling restart started during the check"
+        if busy:
+            self._rollback(busy, stage="check")
+            return
+        handoff = build_handoff(arbiter, socket_activated=self.socket_activated)
+        log.info(EVENT_EXEC, pid=os.getpid(), argv=" ".join(exec_argv()), workers=len(handoff.workers),
+                 listeners=len(handoff.listeners))
+        try:
+            exec_in_place(handoff)
+        except OSError as exc:
+            self._rollback(f"exec failed: {exc}", stage="exec")
+
+    def roll_finished(self, arbiter: Any, ok: bool, error: str = "") -> None:
+        """Call when the roll of the adopted workers ends: done, or rolled back with ``error``."""
+        if not self.rolling:
+            return
+        self.rolling = False
+        if not ok:
+            self._rollback(error or "the new generation did not become ready", stage="new-generation")
+            return
+        log.info(EVENT_DONE, pid=os.getpid(), generation=getattr(arbiter, "generation", None))
+        _say(f"upgrade done: master pid {os.getpid()} runs the new code")
+        notify = getattr(arbiter, "notify", None)
+        # Same PID, so MAINPID= changes nothing for systemd; sent anyway so a
+        # unit that watched a PID file or a tool following MAINPID stays right.
+        if notify is not None and hasattr(notify, "mainpid"):
+            notify.mainpid(os.getpid())
+        if notify is not None:
+            notify.ready()
+
+    def _rollback(self, reason: str, *, stage: str) -> None:
+        log.error(EVENT_ROLLBACK, reason=reason, stage=stage)
+        _say(f"upgrade rolled back ({stage}), the running workers keep serving: {reason}")
+
+
+def build_handoff(arbiter: Any, *, socket_activated: bool = False) -> Handoff:
+    """Describe the arbiter's listeners and live workers for the next image."""
+    listeners = tuple(
+        ListenerHandoff(fd=item.sock.fileno(), address=item.address, owned=not item.inherited)
+        for item in arbiter.listeners
+    )
+    workers = tuple(
+        WorkerHandoff(pid=record.pid, control_fd=record.read_fd, generation=record.generation,
+                      started_at=record.started_at, serial=record.serial, state=record.state.value)
+        for record in arbiter.records.values()
+        if record.state.value != "gone" and record.read_fd is not None
+    )
+    return Handoff(listeners=listeners, workers=workers, generation=int(arbiter.generation),
+                   socket_activated=socket_activated)
+
+
+@dataclass
+class Resumed:
+    """What a re-executed master takes over: pass to ``run_master``."""
+
+    handoff: Handoff
+    inherited: dict[str, socket.socket]
+    adopted: list[Any]  # daemon.workers.WorkerRecord
+    upgrader: Upgrader
+
+    def listen_config(self, config: Any) -> Any:
+        """``config`` for ``open_listeners``: without the implicit default bind when systemd's sockets came along."""
+        if not self.handoff.socket_activated:
+            return config
+        from daemon import systemd
+
+        implicit = systemd.implicit_bind(config)
+        return systemd.listen_slice(config, [b for b in config.binds if b != implicit])
+
+    def claim_ownership(self, listeners: Sequence[Any]) -> None:
+        """Mark the sockets the first image bound itself as ours again (their UNIX files go at exit)."""
+        owned = self.handoff.owned_addresses()
+        for listener in listeners:
+            if listener.address in owned:
+                listener.inherited = False
+
+
+def resume(environ: MutableMapping[str, str] | None = None) -> Resumed | None:
+    """In the new image: the hand-off as ``run_master`` arguments, or None on a first start."""
+    handoff = read_handoff(environ)
+    if handoff is None:
+        return None
+    from daemon.workers import State, WorkerRecord
+
+    now = time.monotonic()
+    adopted = []
+    for item in handoff.workers:
+        state = State(item.state)
+        adopted.append(WorkerRecord(
+            pid=item.pid, serial=item.serial, generation=item.generation, started_at=item.started_at,
+            state=state, ready_at=now if state is State.READY else None,
+            # The exec took a moment; do not count it against their heartbeats.
+            last_heartbeat=now, read_fd=item.control_fd,
+        ))
+    log.info(EVENT_ADOPTED, pid=os.getpid(), workers=len(adopted), listeners=len(handoff.listeners),
+             generation=handoff.generation)
+    return Resumed(handoff=handoff, inherited=handoff.sockets(), adopted=adopted,
+                   upgrader=Upgrader(socket_activated=handoff.socket_activated, resumed=True))
+
+
+def _say(line: str) -> None:
+    print(f"corral: {line}", file=sys.stderr, flush=True)
 
 
 def _reason(output: str) -> str:

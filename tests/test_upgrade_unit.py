@@ -100,11 +100,13 @@ def _run_check(argv: list[str], timeout: float = 60) -> upgrade.Preflight:
     with selectors.DefaultSelector() as selector:
         selector.register(check.fileno(), selectors.EVENT_READ)
         while check.ok is None:
-            wait = max(0.0, check.deadline - time.monotonic())
+            moment = check.deadline()
+            wait = max(0.0, moment - time.monotonic()) if moment is not None else None
             if selector.select(wait):
                 check.on_readable()
             else:
                 check.expired()
+    check.close()
     return check
 
 
