@@ -81,6 +81,11 @@ __all__ = [
     "make_formatter",
 ]
 
+# structlog goes through the standard library from the moment this package is
+# imported, so a module-level ``structlog.get_logger(...)`` used before
+# configure() (or in a process that never calls it) still ends up in logging.
+configure_structlog()
+
 # ---------------------------------------------------------------------------
 # configure()
 

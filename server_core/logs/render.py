@@ -135,7 +135,12 @@ def _as_printable_event(logger: Any, method_name: str, event_dict: MutableMappin
 
 
 class BoundLogger(structlog.stdlib.BoundLogger):
-    """structlog's stdlib logger with a ``trace()`` method and ``log(TRACE, …)``."""
+    """structlog's stdlib logger with ``trace()``, ``log(TRACE, …)`` and cheap filtered calls.
+
+    ``trace``, ``debug`` and ``info`` ask the standard logger's (cached) level
+    check before anything else, so a filtered call on a hot path costs a
+    method call and a dict lookup, not the processor chain.
+    """
 
     def trace(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log ``event`` at :data:`TRACE` (only when the logger's level lets it through)."""
@@ -146,6 +151,18 @@ class BoundLogger(structlog.stdlib.BoundLogger):
         call_args, call_kw = self._process_event("trace", event, kw)
         return self._logger.log(TRACE, *call_args, **call_kw)
 
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """Log ``event`` at DEBUG."""
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return None
+        return self._proxy_to_logger("debug", event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """Log ``event`` at INFO."""
+        if not self._logger.isEnabledFor(logging.INFO):
+            return None
+        return self._proxy_to_logger("info", event, *args, **kw)
+
     def log(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log ``event`` at a numeric ``level`` (TRACE included)."""
         if level == TRACE:
@@ -154,6 +171,13 @@ class BoundLogger(structlog.stdlib.BoundLogger):
 
 
 def configure_structlog() -> None:
+    """Route structlog through the standard library (idempotent; done when the package is imported).
+
+    The chain and wrapper never change afterwards, so structlog may cache each
+    logger on first use: a logger first used after ``server_core.logs`` was
+    imported is right for the life of the process, whatever configure() does
+    to the handlers later.
+    """
     structlog.configure(
         processors=[
             _drop_below_level,
@@ -164,10 +188,7 @@ def configure_structlog() -> None:
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=BoundLogger,
-        # Not cached: a logger bound before configure() (a module-level
-        # ``structlog.get_logger``) must still pick up this configuration.
-        # Lifecycle events are rare; the access log does not use structlog.
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
 
 
