@@ -24,7 +24,7 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-async def complete_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def complete_app(scope: Any, receive: Any, send: Any) -> None:
     """Answers startup and shutdown, and stores something in the state."""
     assert scope["type"] == "lifespan"
     assert scope["asgi"]["version"] == "3.0" and scope["asgi"]["spec_version"] == "2.0"
@@ -36,16 +36,16 @@ async def complete_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "lifespan.shutdown.complete"})
 
 
-async def raising_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def raising_app(scope: Any, receive: Any, send: Any) -> None:
     raise RuntimeError("no lifespan here")
 
 
-async def returning_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def returning_app(scope: Any, receive: Any, send: Any) -> None:
     return None
 
 
 def failing_app(message: str) -> Any:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "lifespan.startup.failed", "message": message})
     return app
@@ -91,7 +91,7 @@ def test_startup_failed_message_fails_the_boot(mode: str) -> None:
 def test_off_never_calls_the_app() -> None:
     called: list[str] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
         called.append(scope["type"])
 
     async def scenario() -> None:
@@ -106,7 +106,7 @@ def test_off_never_calls_the_app() -> None:
 def test_shutdown_is_bounded_by_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
     cancelled: list[bool] = []
 
-    async def stuck_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def stuck_app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "lifespan.startup.complete"})
         await receive()
@@ -131,7 +131,7 @@ def test_shutdown_is_bounded_by_the_timeout(caplog: pytest.LogCaptureFixture) ->
 
 
 def test_shutdown_failed_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "lifespan.startup.complete"})
         await receive()
@@ -150,7 +150,7 @@ def test_shutdown_failed_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_out_of_order_messages_raise_in_the_app() -> None:
     seen: list[BaseException] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         try:
             await send({"type": "lifespan.shutdown.complete"})

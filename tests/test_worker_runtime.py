@@ -421,7 +421,7 @@ def test_tls_option_errors_name_the_option(tmp_path: Path) -> None:
         make_ssl_context(ServerSettings(ssl_keyfile=str(tmp_path / "k.pem")))
     trustme = pytest.importorskip("trustme")
     certfile, keyfile = _write_cert(trustme.CA(), tmp_path, "server", "localhost")
-    good = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    good: dict[str, Any] = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
     with pytest.raises(TLSConfigError, match="--ssl-ciphers"):
         make_ssl_context(ServerSettings(**good, ssl_ciphers="NO-SUCH-CIPHER"))
     with pytest.raises(TLSConfigError, match="--ssl-ca-certs"):
