@@ -377,15 +377,14 @@ class Arbiter:
     # -- reaping and failures ------------------------------------------------
 
     def _reap(self) -> None:
-        while True:
+        # Each worker by PID, never waitpid(-1): another child of the master
+        # (the USR2 preflight's Popen) must keep its exit status for its owner.
+        for record in list(self.records.values()):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(record.pid, os.WNOHANG)
             except ChildProcessError:
-                return
+                pid, status = record.pid, 0  # reaped elsewhere: gone all the same
             if pid == 0:
-                return
-            record = self.records.get(pid)
-            if record is None:
                 continue
             self._read_pipe(record)  # a last "ready" or "fail" may still be in the pipe
             self._close_pipe(record)
