@@ -225,6 +225,18 @@ def test_configure_twice_does_not_duplicate_lines() -> None:
     assert [line["event"] for line in json_lines(proc.stderr)] == ["once"]
 
 
+def test_a_logger_used_before_configure_renders_after_it() -> None:
+    """A module-level structlog logger, first used before configure(), is not stuck with defaults."""
+    proc = run("""
+        log = structlog.get_logger("corral.master")
+        log.info("too_early")  # no handler yet: dropped by the standard library (below WARNING)
+        logs.configure(ServerSettings(log_format="json"), process="master")
+        log.info("worker_ready", generation=1)
+    """)
+    assert [line["event"] for line in json_lines(proc.stderr)] == ["worker_ready"]
+    assert proc.stdout == ""
+
+
 def test_pid_follows_a_fork() -> None:
     proc = run("""
         logs.configure(ServerSettings(log_format="json"), process="master")
