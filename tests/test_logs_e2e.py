@@ -208,3 +208,20 @@ def test_usr1_reopens_the_moved_file_in_master_and_workers(corral: Callable[...,
     sizes = wait_until(all_logged, 20, f"{sent} access lines in the two files", alive=proc.dead)
     assert sorted(sizes) == list(range(sent))
     assert worker_pids(file_records(rotated))  # the old file kept what was written before the reopen
+
+
+def test_log_level_trace_logs_asgi_messages(corral: Callable[..., Corral]) -> None:
+    proc = corral(APP, "--log-level", "trace", "--log-format", "json")
+    get(proc, "/bytes?4")
+
+    def traced() -> list[dict[str, Any]]:
+        return [r for r in stderr_records(proc) if r["level"] == "trace" and "/bytes" in r["event"]]
+
+    lines = wait_until(traced, 20, "TRACE lines about the request", alive=proc.dead)
+    assert all(r["logger"].startswith("corral.") and r["pid"] != proc.pid for r in lines)
+    # The same run at info has none.
+    quiet = corral(APP, "--log-format", "json")
+    get(quiet, "/bytes?4")
+    wait_until(lambda: any(r["logger"] == "corral.access" and r["path"] == "/bytes?4" for r in stderr_records(quiet)),
+               20, "the access line", alive=quiet.dead)
+    assert not [r for r in stderr_records(quiet) if r["level"] in ("trace", "debug")]
