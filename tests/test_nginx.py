@@ -121,13 +121,12 @@ def test_without_trust_the_proxy_headers_are_ignored(tmp_path: Path, corral: Cal
     """Control experiment: the same UNIX socket without '*' does not believe the headers."""
     uds = tmp_path / "untrusted.sock"
     server = corral("int_echo:app", "--uds", str(uds), "--proxy-headers", fd=False, wait=False)
-    transport = httpx.HTTPTransport(uds=str(uds))
 
     def answers() -> httpx.Response | None:
         try:
-            return httpx.get("http://localhost/whoami", headers={"X-Forwarded-For": "203.0.113.7",
-                                                                 "X-Forwarded-Proto": "https"},
-                             transport=transport, timeout=2)
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(uds)), timeout=2) as client:
+                return client.get("http://localhost/whoami", headers={"X-Forwarded-For": "203.0.113.7",
+                                                                      "X-Forwarded-Proto": "https"})
         except httpx.HTTPError:
             return None
 
