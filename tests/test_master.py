@@ -96,6 +96,26 @@ def test_pid_file_is_written_and_removed(corral: Start, tmp_path: Path) -> None:
     assert not pid_path.exists()
 
 
+# -- who imports the app --------------------------------------------------------------
+
+def imported_in(proc: Corral) -> set[int]:
+    """PIDs that printed "master_app: imported in PID"."""
+    marker = "master_app: imported in "
+    return {int(line.split(marker, 1)[1].split()[0]) for line in proc.output().splitlines() if marker in line}
+
+
+def test_the_master_never_imports_the_app(corral: Start) -> None:
+    proc = start(corral)
+    assert proc.pid not in imported_in(proc)
+    assert worker_pids(proc.pid) <= imported_in(proc)
+
+
+def test_preload_imports_once_in_the_master(corral: Start) -> None:
+    proc = start(corral, "--preload")
+    assert imported_in(proc) == {proc.pid}, "forked workers share the master's import"
+    assert httpx.get(proc.url).text in {str(pid) for pid in worker_pids(proc.pid)}
+
+
 # -- health ---------------------------------------------------------------------------
 
 def test_a_blocked_worker_is_killed_with_its_stack_logged_and_replaced(corral: Start) -> None:

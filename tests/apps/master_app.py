@@ -16,6 +16,8 @@ import time
 
 VERSION = "1"
 _leaked: list[bytes] = []
+# Tests check which processes import the app: workers only (the master with --preload).
+print(f"master_app: imported in {os.getpid()}", file=sys.stderr, flush=True)
 
 
 async def _lifespan(receive, send):
