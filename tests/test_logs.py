@@ -575,6 +575,24 @@ def test_access_log_off_by_level_and_through_user_formatters(tmp_path: Path) -> 
     assert fields[-1] == '1.2.3.4:5 - "GET / HTTP/1.1" 200 2B 1.00ms'
 
 
+def test_a_format_string_wraps_corral_formatters(tmp_path: Path) -> None:
+    (tmp_path / "wrap.json").write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "server_core.logs.JSONFormatter", "fmt": "<%(levelname)s> %(message)s"}},
+        "handlers": {"out": {"class": "server_core.logs.LineHandler", "stream": "ext://sys.stdout",
+                             "formatter": "json"}},
+        "root": {"level": "INFO", "handlers": ["out"]},
+    }))
+    proc = run("""
+        logs.configure(ServerSettings(log_config="wrap.json"))
+        logs.AccessLog().log(None, "GET", b"/w", b"", "1.1", 200, 1, 0.0)
+        structlog.get_logger("corral.error").info("wrapped")
+    """, cwd=tmp_path)
+    access, event = proc.stdout.splitlines()
+    assert access.startswith("<INFO> {") and json.loads(access[len("<INFO> "):])["path"] == "/w"
+    assert event.startswith("<INFO> {") and json.loads(event[len("<INFO> "):])["event"] == "wrapped"
+
+
 def test_access_log_cost_is_small() -> None:
     """A few µs per request with the log on, next to nothing with it filtered (recorded in the output)."""
     proc = run("""

@@ -215,6 +215,7 @@ def _json_order(logger: Any, method_name: str, event_dict: MutableMapping[str, A
 
 
 def default_colors() -> bool:
+    """Colours by default only when stderr is a terminal."""
     stream = sys.stderr
     try:
         return bool(stream is not None and stream.isatty())
@@ -238,13 +239,21 @@ class _CorralFormatter(ProcessorFormatter):
             fmt=fmt, datefmt=datefmt, style=style, validate=validate,  # type: ignore[arg-type]
         )
         self.renderer = renderer
+        # A user's format string (e.g. "%(asctime)s %(message)s") wraps the
+        # rendered line; the usual "%(message)s" needs no second pass.
+        self._plain = fmt in (None, "%(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         """Render a record; access-log records skip the generic chain (see :class:`AccessLog`)."""
         fields = record.__dict__.get("corral_access")
-        if fields is not None:
-            return self._format_access(record, fields)
-        return super().format(record)
+        if fields is None:
+            return super().format(record)
+        line = self._format_access(record, fields)
+        if self._plain:
+            return line
+        wrapped = logging.makeLogRecord(record.__dict__)
+        wrapped.msg, wrapped.args = line, ()
+        return logging.Formatter.format(self, wrapped)
 
     def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
         raise NotImplementedError
