@@ -41,6 +41,7 @@ class MessageReader:
         self._scanner = HeadScanner(self.limits)
         self._remaining = 0  # Content-Length bytes still to come
         self._chunks: ChunkScanner | None = None
+        self._request: RequestHead | None = None  # the request whose body is arriving
         self._rest = b""
 
     # -- what the protocol uses ---------------------------------------------
@@ -139,6 +140,7 @@ class MessageReader:
         if done:
             if not complete:
                 raise LibraryError("parser did not see the end of the body")
+            assert self._request is not None
             self._finish(self._request, events)
         return rest
 
