@@ -160,3 +160,27 @@ def test_circusctl_signal_hup_rolls(circus: Circus) -> None:
     wait_until(lambda: (w := _workers(master)) and len(w) == 2 and not w & old, 60,
                "both workers replaced after circusctl signal", alive=circus.circusd.dead, interval=0.05)
     assert _serves(circus.url)
+
+
+def test_usr2_upgrade_keeps_the_pid_circus_watches(circus: Circus) -> None:
+    """The in-place upgrade under circus: same master PID, new workers, no failed request."""
+    master = circus.master_pid()
+    old = _workers(master)
+    with Load(circus.url + "/", clients=4, duration=90) as load:
+        load.wait_successes(50)
+        assert circus.ctl("signal", "web", "usr2")["status"] == "ok"
+
+        def failed() -> str | None:
+            log = circus.corral_log()
+            for event in ("upgrade_rollback", "upgrade_unavailable", "upgrade_failed"):
+                if event in log:
+                    return f"corral logged {event}:\n{log[-3000:]}"
+            return circus.circusd.dead()
+
+        wait_until(lambda: (w := _workers(master)) and len(w) == 2 and not w & old, 90,
+                   "the upgraded master's workers replacing the old ones", alive=failed, interval=0.05)
+        load.wait_successes(50)
+    report = load.report
+    assert report.failed == 0, report.summary()
+    assert circus.master_pid() == master
+    assert _serves(circus.url)

@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import FACTOR, Corral, bound_socket, require_tool, wait_until
+from tests.support import APPS, FACTOR, Corral, bound_socket, require_tool, wait_until
 
 Start = Callable[..., Corral]
 
@@ -398,3 +399,32 @@ def test_term_finishes_the_request_in_flight_and_exits_0(serve: Start, tmp_path:
     assert "error" not in result, result
     assert result["response"].status_code == 200
     assert result["response"].text == "slept"
+
+
+def test_console_script_imports_the_app_from_the_working_directory(procs: Callable[..., Any],
+                                                                   tmp_path: Path) -> None:
+    """`corral main:app` run from the project directory finds main.py, as `uvicorn main:app` does.
+
+    The `corral` fixture runs `python -m daemon`, which puts the working
+    directory on sys.path by itself; the installed console script does not,
+    so --app-dir's default (the working directory) must.
+    """
+    script = Path(sys.executable).parent / "corral"
+    if not script.exists():
+        pytest.skip("no corral console script next to this interpreter (not installed with pip)")
+    sock = bound_socket()
+    try:
+        proc = procs([str(script), "int_echo:app", "--fd", str(sock.fileno())], pass_fds=[sock.fileno()],
+                     cwd=APPS, name="corral-script")
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/whoami"
+
+        def answers() -> httpx.Response | None:
+            try:
+                return httpx.get(url, timeout=2)
+            except httpx.HTTPError:
+                return None
+
+        response = wait_until(answers, 30, "the console script serving int_echo:app", alive=proc.dead)
+        assert response.status_code == 200
+    finally:
+        sock.close()
