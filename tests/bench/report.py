@@ -208,7 +208,7 @@ def _ratio_cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def _first_line(text: str | None, width: int = 90) -> str:
+def _first_line(text: str | None, width: int = 160) -> str:
     if not text:
         return ""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")

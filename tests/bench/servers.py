@@ -232,14 +232,13 @@ class ServerProcess:
         end = spawned + timeout
         while True:
             if self.popen.poll() is not None:
-                raise ServerStartError(f"{self.spec.label} exited with {self.popen.returncode}:\n{self.log_tail()}")
+                raise self.failure(f"exited with {self.popen.returncode}")
             if answers_200(self.port, timeout=0.5):
                 self.startup_s = time.perf_counter() - spawned
                 self._remember()
                 return self.startup_s
             if time.perf_counter() > end:
-                raise ServerStartError(f"{self.spec.label} did not answer 200 within {timeout:.0f}s:\n"
-                                       f"{self.log_tail()}")
+                raise self.failure(f"did not answer 200 within {timeout:.0f}s")
             time.sleep(0.005)
 
     def wait_processes(self, count: int, timeout: float = 30.0) -> None:
@@ -256,7 +255,7 @@ class ServerProcess:
         """Raise :class:`ServerStartError` if the root process has exited."""
         if self.popen is None or self.popen.poll() is not None:
             code = None if self.popen is None else self.popen.returncode
-            raise ServerStartError(f"{self.spec.label} exited with {code}:\n{self.log_tail()}")
+            raise self.failure(f"exited with {code}")
 
     def processes(self) -> list[psutil.Process]:
         """The live process tree, root first (remembered so stop() can reach every one)."""
@@ -296,6 +295,13 @@ class ServerProcess:
     @property
     def popen_pid(self) -> int | None:
         return None if self.popen is None else self.popen.pid
+
+    def failure(self, what: str) -> ServerStartError:
+        """A start error: ``what`` and the log's last line on the first line, then the log tail."""
+        tail = self.log_tail()
+        lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("$ ")]
+        last = lines[-1] if lines else "no output"
+        return ServerStartError(f"{self.spec.label} {what}: {last}\n{tail}")
 
     def log_tail(self, size: int = 3000) -> str:
         """The end of the server's combined stdout/stderr."""
