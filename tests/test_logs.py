@@ -148,7 +148,8 @@ def test_console_colours_forced_and_automatic() -> None:
     assert "started" in auto.stderr and ANSI not in auto.stderr
 
 
-def test_console_colours_on_a_terminal() -> None:
+@pytest.mark.parametrize("no_color", ["", "1"])
+def test_console_colours_on_a_terminal(no_color: str) -> None:
     import pty
 
     leader, follower = pty.openpty()
@@ -157,7 +158,7 @@ def test_console_colours_on_a_terminal() -> None:
             [sys.executable, "-c", PRELUDE + "logs.configure(ServerSettings())\n"
              "structlog.get_logger('corral.error').info('started')\n"],
             stdout=subprocess.DEVNULL, stderr=follower, cwd=str(ROOT),
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": no_color})
         os.close(follower)
         follower = -1
         output = b""
@@ -174,7 +175,8 @@ def test_console_colours_on_a_terminal() -> None:
         os.close(leader)
         if follower >= 0:
             os.close(follower)
-    assert b"started" in output and ANSI.encode() in output
+    assert b"started" in output
+    assert (ANSI.encode() in output) is (not no_color)
 
 
 # ---------------------------------------------------------------------------

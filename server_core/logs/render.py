@@ -215,7 +215,9 @@ def _json_order(logger: Any, method_name: str, event_dict: MutableMapping[str, A
 
 
 def default_colors() -> bool:
-    """Colours by default only when stderr is a terminal."""
+    """Colours by default only when stderr is a terminal and ``NO_COLOR`` is not set (no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
     stream = sys.stderr
     try:
         return bool(stream is not None and stream.isatty())
