@@ -6,8 +6,8 @@ renderer installed on the standard library's handlers
 (:class:`structlog.stdlib.ProcessorFormatter`):
 
 * ``--log-format console``: readable lines, coloured when stderr is a terminal
-  (and ``NO_COLOR`` is unset)
-  or with ``--use-colors`` (never with ``--no-use-colors``);
+  (and ``NO_COLOR`` is unset) or with ``--use-colors``, never with
+  ``--no-use-colors``;
 * ``--log-format json``: one JSON object per line with ``timestamp`` (ISO 8601,
   UTC), ``level``, ``logger``, ``event``, ``pid`` and the event's own fields;
   an exception becomes an ``exception`` string field.
