@@ -189,7 +189,7 @@ class Config:
             proxy_headers=v["proxy-headers"], forwarded_allow_ips=_split_ips(v["forwarded-allow-ips"]),
             server_header=v["server-header"], date_header=v["date-header"],
             headers=tuple(_split_header(h) for h in v["header"]),
-            limit_concurrency=v["limit-concurrency"], limit_max_requests=limit_max_requests,
+            limit_concurrency=v["limit-concurrency"], backlog=v["backlog"], limit_max_requests=limit_max_requests,
             timeout_keep_alive=v["timeout-keep-alive"], timeout_graceful_shutdown=v["timeout-graceful-shutdown"],
             limit_request_line=v["limit-request-line"], limit_request_fields=v["limit-request-fields"],
             limit_request_field_size=v["limit-request-field-size"],

@@ -43,8 +43,10 @@ class AppLoadError(Exception):
 
 def load(settings: ServerSettings) -> ASGIApp:
     """Import (or take) ``settings.app`` and return the ASGI 3 callable to serve."""
-    if settings.app_dir:
-        path = os.path.abspath(settings.app_dir)
+    if isinstance(settings.app, str):
+        # --app-dir defaults to "" = the current directory, as with uvicorn: the
+        # `corral` console script would not otherwise find the app's module.
+        path = os.path.abspath(settings.app_dir or os.getcwd())
         if not sys.path or sys.path[0] != path:
             sys.path.insert(0, path)
     target = import_from_string(settings.app) if isinstance(settings.app, str) else settings.app

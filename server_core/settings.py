@@ -50,6 +50,9 @@ class ServerSettings:
     date_header: bool = True
     headers: tuple[tuple[str, str], ...] = ()
     limit_concurrency: int | None = None
+    # asyncio repeats listen() on a socket passed with sock=, so the worker
+    # needs the master's --backlog too.
+    backlog: int = 2048
     # Already jittered by the master: the exact number this worker serves.
     limit_max_requests: int | None = None
     timeout_keep_alive: float = 5.0

@@ -215,7 +215,7 @@ class WorkerRuntime:
         from server_core.http.protocol import HTTPProtocol
 
         assert self._loop is not None
-        backlog = int(getattr(self.settings, "backlog", 0) or self.settings.extra.get("backlog") or DEFAULT_BACKLOG)
+        backlog = self.settings.backlog or DEFAULT_BACKLOG
 
         def factory() -> asyncio.Protocol:
             return HTTPProtocol(state)
