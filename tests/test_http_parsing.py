@@ -335,3 +335,17 @@ def test_parsers_agree_on_corpus() -> None:
             events = feed_all(cls(), raw, eof=eof)
             results.append([(type(e).__name__, getattr(e, "status", None)) for e in events])
         assert results[0] == results[1], name
+
+
+def test_sans_io_modules_import_no_io() -> None:
+    """The parsing and encoding modules stay free of asyncio and sockets."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "server_core"
+    for rel in ("http/head.py", "http/chunked.py", "http/reader.py", "http/events.py",
+                "http/response.py", "http/parse_httptools.py", "http/parse_h11.py", "proxy.py"):
+        tree = ast.parse((root / rel).read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {name for name in names if name.split(".")[0] in ("asyncio", "socket", "selectors")}, rel

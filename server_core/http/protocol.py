@@ -201,6 +201,8 @@ class HTTPProtocol(asyncio.Protocol):
                 self._pause_reading()
 
     def _on_error(self, error: ParseError) -> None:
+        # uvicorn's wording, so log watchers keep working; the reason is ours.
+        logger.warning("Invalid HTTP request received: %s", error.reason)
         self._pause_reading()
         receiving = self.receiving
         self.receiving = None
