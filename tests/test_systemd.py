@@ -324,6 +324,8 @@ def test_socket_activation_end_to_end_with_notify(tmp_path: Path, short_tmp: Pat
         with httpx.Client(transport=transport) as client:
             assert client.get("http://localhost/", timeout=5).status_code == 200
         assert tcp_pid.isdigit()
+        # Neither LISTEN_* nor NOTIFY_SOCKET reach the application.
+        assert json.loads(httpx.get(f"http://127.0.0.1:{port}/env", timeout=5).text) == {}
         # The default 127.0.0.1:8000 is not bound in addition to the adopted sockets.
         assert not re.search(r":8000\b", _listening_lines(proc.output())), proc.output()
         master = proc.pid  # systemd-socket-activate exec()s corral: same PID
@@ -350,3 +352,28 @@ def _connects(port: int) -> bool:
 
 def _listening_lines(output: str) -> str:
     return "\n".join(line for line in output.splitlines() if "listening" in line)
+
+
+def test_watchdog_pings_at_half_the_period(tmp_path: Path, short_tmp: Path, procs) -> None:
+    """WATCHDOG_USEC=1s: WATCHDOG=1 arrives about every 0.5 s while master and workers are healthy."""
+    from tests.support import bound_socket
+
+    sock = bound_socket()
+    notify = NotifySocket(str(short_tmp / "notify"))
+    argv = [sys.executable, "-m", "daemon", "sd_app:app", "--app-dir", str(APPS), "--fd", str(sock.fileno())]
+    proc = procs(argv, name="watchdog", pass_fds=[sock.fileno()],
+                 env={"NOTIFY_SOCKET": notify.env_value, "WATCHDOG_USEC": "1000000"})
+    sock.close()
+    try:
+        ready, _ = notify.wait_for(lambda m: m.get("READY") == "1", 30 * FACTOR, alive=proc.dead)
+        index, _ = notify.wait_for(lambda m: m.get("WATCHDOG") == "1", 10 * FACTOR, start=ready, alive=proc.dead)
+        first = time.monotonic()
+        for _ in range(3):
+            index, _ = notify.wait_for(lambda m: m.get("WATCHDOG") == "1", 10 * FACTOR, start=index + 1,
+                                       alive=proc.dead)
+        # Three more pings at ~0.5 s: well under the 1 s period each, allowing for a busy machine.
+        assert time.monotonic() - first < 3 * FACTOR + 1.5
+        proc.signal(signal.SIGTERM)
+        assert proc.wait_exit(30) == 0
+    finally:
+        notify.close()

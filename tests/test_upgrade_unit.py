@@ -171,3 +171,121 @@ def test_preflight_does_not_inherit_systemd_variables(tmp_path: Path, monkeypatc
     monkeypatch.setenv(upgrade.HANDOFF_VAR, "{}")
     check = _run_check(["candidate:app", "--app-dir", str(_app_dir(tmp_path, source))])
     assert check.ok is True, check.output.decode()
+
+
+# --- the USR2 handler, against a stand-in arbiter ---------------------------------------------
+
+
+class FakeNotify:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self) -> None:
+        self.sent.append("READY=1")
+
+    def mainpid(self, pid: int) -> None:
+        self.sent.append(f"MAINPID={pid}")
+
+
+class FakeArbiter:
+    """The attributes of daemon.arbiter.Arbiter the Upgrader reads, and its ``watch``."""
+
+    def __init__(self, config, records=(), listeners=()) -> None:
+        self.config = config
+        self.records = {r.pid: r for r in records}
+        self.listeners = list(listeners)
+        self.generation = 4
+        self.roll = None
+        self.stopping = None
+        self.notify = FakeNotify()
+        self.watched: list[upgrade.Preflight] = []
+
+    def watch(self, source: upgrade.Preflight) -> None:
+        self.watched.append(source)
+
+
+def _drive(check: upgrade.Preflight) -> None:
+    with selectors.DefaultSelector() as selector:
+        selector.register(check.fileno(), selectors.EVENT_READ)
+        while check.ok is None:
+            moment = check.deadline()
+            if selector.select(max(0.0, moment - time.monotonic()) if moment else None):
+                check.on_readable()
+            else:
+                check.expired()
+    check.close()
+
+
+def test_upgrader_rolls_back_on_a_failing_check_and_ignores_usr2_meanwhile(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = build_config({"app-dir": str(_app_dir(tmp_path, "def app(:\n"))}, {}, app="candidate:app")
+    arbiter = FakeArbiter(config)
+    upgrader = upgrade.Upgrader()
+    upgrader(arbiter)
+    assert len(arbiter.watched) == 1
+    upgrader(arbiter)  # a second USR2 while the check runs
+    assert len(arbiter.watched) == 1
+    assert "USR2 ignored" in capsys.readouterr().err
+    _drive(arbiter.watched[0])
+    err = capsys.readouterr().err
+    assert "upgrade rolled back (check)" in err and "SyntaxError" in err
+    assert upgrader.in_flight(arbiter) is None  # the next USR2 may try again
+
+
+def test_upgrader_refuses_during_a_roll_or_a_stop(tmp_path: Path) -> None:
+    arbiter = FakeArbiter(build_config({}, {}, app="candidate:app"))
+    upgrader = upgrade.Upgrader()
+    arbiter.roll = object()
+    assert "rolling restart" in (upgrader.in_flight(arbiter) or "")
+    arbiter.roll, arbiter.stopping = None, "term"
+    assert "stopping" in (upgrader.in_flight(arbiter) or "")
+    upgrader(arbiter)
+    assert arbiter.watched == []
+
+
+def test_resumed_upgrader_reports_the_end_of_its_roll() -> None:
+    arbiter = FakeArbiter(build_config({}, {}, app="candidate:app"))
+    upgrader = upgrade.Upgrader(resumed=True)
+    assert "previous upgrade" in (upgrader.in_flight(arbiter) or "")
+    upgrader.roll_finished(arbiter, ok=True)
+    assert arbiter.notify.sent == [f"MAINPID={os.getpid()}", "READY=1"]
+    assert upgrader.in_flight(arbiter) is None
+    upgrader.roll_finished(arbiter, ok=True)  # only once
+    assert len(arbiter.notify.sent) == 2
+
+
+def test_build_handoff_and_resume_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from daemon.listeners import Listener
+    from daemon.workers import State, WorkerRecord
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    read_fd, write_fd = os.pipe()
+    records = [WorkerRecord(pid=101, serial=1, generation=4, started_at=10.0, state=State.READY, read_fd=read_fd),
+               WorkerRecord(pid=102, serial=2, generation=4, started_at=11.0, state=State.GONE, read_fd=None)]
+    listeners = [Listener(address="127.0.0.1:8000", sock=sock, inherited=False)]
+    arbiter = FakeArbiter(build_config({}, {}, app="candidate:app"), records, listeners)
+    handoff = upgrade.build_handoff(arbiter, socket_activated=True)
+    assert [w.pid for w in handoff.workers] == [101]
+    assert handoff.listeners[0].owned and handoff.generation == 4
+    monkeypatch.setenv(upgrade.HANDOFF_VAR, handoff.to_json())
+    resumed = upgrade.resume()
+    assert resumed is not None and upgrade.HANDOFF_VAR not in os.environ
+    try:
+        (record,) = resumed.adopted
+        assert (record.pid, record.state, record.read_fd, record.generation) == (101, State.READY, read_fd, 4)
+        assert record.last_heartbeat is not None and record.ready_at is not None
+        assert set(resumed.inherited) == {"127.0.0.1:8000"}
+        assert resumed.upgrader.rolling and resumed.upgrader.socket_activated
+        # Socket-activated: the implicit default bind is not bound again in the new image.
+        assert resumed.listen_config(arbiter.config).binds == ()
+        adopted = [Listener(address="127.0.0.1:8000", sock=resumed.inherited["127.0.0.1:8000"], inherited=True)]
+        resumed.claim_ownership(adopted)
+        assert adopted[0].inherited is False
+    finally:
+        for s in resumed.inherited.values():
+            s.detach()  # same fd as `sock`
+        sock.close()
+        os.close(read_fd)
+        os.close(write_fd)

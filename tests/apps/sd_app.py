@@ -4,11 +4,16 @@ Paths:
     /          body "<worker pid>" (what tests/load.py counts)
     /version   the module-level VERSION
     /parent    the PID of the worker's parent (the master)
+    /env       JSON of the systemd and hand-off variables the app can see (should be {})
 With HANG = True, lifespan startup never completes (a boot that hangs).
 """
 
 import asyncio
+import json
 import os
+
+PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
+           "CORRAL_HANDOFF")
 
 VERSION = "1"
 HANG = False
@@ -37,6 +42,8 @@ async def app(scope, receive, send):
         body = VERSION
     elif path == "/parent":
         body = str(os.getppid())
+    elif path == "/env":
+        body = json.dumps({name: os.environ[name] for name in PRIVATE if name in os.environ})
     else:
         body = str(os.getpid())
     await send({"type": "http.response.start", "status": 200,
