@@ -231,20 +231,23 @@ def markdown(results: dict[str, Any]) -> str:
     )
     out += ["", "## Throughput and CPU cost", "",
             "CPU µs/req is the server's whole process tree (master and workers); × uvicorn compares it "
-            "with uvicorn's in the same scenario and configuration (lower is better).", "",
-            "| scenario | server | CPU µs/req | × uvicorn | req/s | × uvicorn | p50 ms | p99 ms | errors |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "with uvicorn's in the same scenario and configuration (lower is better). *core used* is the "
+            "server's CPU time over the run's wall time: well under 100 % for a single-core server means "
+            "it was waiting for its core (a busy machine), so its req/s and latency say more about the "
+            "machine than about the server.", "",
+            "| scenario | server | CPU µs/req | × uvicorn | req/s | × uvicorn | core used | p50 ms | p99 ms | errors |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in results["summary"]:
         if row["ok_runs"] == 0:
             out.append(f"| {row['scenario']} | {row['label']} | **failed**: {_first_line(row['failure'])} "
-                       "| | | | | | |")
+                       "| | | | | | | |")
             continue
         errors = str(row["errors"]) + ("" if row["ok_runs"] == row["runs"] else
                                        f" ({row['runs'] - row['ok_runs']} run(s) failed)")
         out.append(
             f"| {row['scenario']} | {row['label']} | {_cell(row['cpu_us_per_req'])} | "
             f"{_ratio_cell(row['vs_uvicorn'])} | {_cell(row['rps'], 0)} | {_ratio_cell(row['rps_vs_uvicorn'])} | "
-            f"{_cell(row['p50_ms'], 2, False)} | {_cell(row['p99_ms'], 2)} | {errors} |"
+            f"{_percent(row['cpu_util'])} | {_cell(row['p50_ms'], 2, False)} | {_cell(row['p99_ms'], 2)} | {errors} |"
         )
     if any(t["status"] != "n/a" for t in results.get("targets", [])):
         out += ["", "## Issue 7 targets (this run)", "", "| target | value | status |", "| --- | ---: | --- |"]
@@ -286,6 +289,10 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("notes"):
         out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _percent(stats: dict[str, float] | None) -> str:
+    return "–" if stats is None else f"{stats['median'] * 100:.0f} %"
 
 
 def _mib(value: int | None) -> str:

@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat of 2 s, 2 start-ups")
     parser.add_argument("--repeat", type=int, default=None, help="runs per configuration (default 3)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds of load per run (default 5)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of load per run, whole seconds (default 5)")
     parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up load (default 1)")
     parser.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections (default 64)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
@@ -126,7 +126,7 @@ def run_load(cases: Sequence[tuple[Scenario, ServerSpec]], load: LoadSettings, r
     return runs
 
 
-def _notes(args: argparse.Namespace, load_before: float, load_after: float) -> list[str]:
+def _notes(args: argparse.Namespace, families: Sequence[str], load_before: float, load_after: float) -> list[str]:
     notes = [
         f"Servers run pinned to CPU {args.server_cpus} (master and workers together), wrk to CPU "
         f"{args.wrk_cpus}. The 2-worker rows are pinned to CPU {args.multi_cpus or 'none'}: "
@@ -139,9 +139,11 @@ def _notes(args: argparse.Namespace, load_before: float, load_after: float) -> l
         f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after. With other work on the "
         "machine, req/s and latency move; CPU µs per request is the figure to trust.",
     ]
-    if granian_path() is None:
+    if "granian" in families and granian_path() is None:
         notes.append("granian is not installed: its rows are absent (`pip install granian` adds them).")
-    if gunicorn_has_asgi():
+    if "gunicorn" not in families:
+        pass
+    elif gunicorn_has_asgi():
         notes.append("gunicorn rows are gunicorn's own ASGI worker (`-k asgi`), master and worker counted.")
     else:
         notes.append("gunicorn ≥ 24 (with its asgi worker) is not installed: its rows are absent.")
@@ -206,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["interrupted"] = True
         results["summary"] = report.summarize(results["runs"])
     results["targets"] = report.targets(results["summary"], results["memory"]) if results["summary"] else []
-    results["notes"] = _notes(args, load_before, os.getloadavg()[0])
+    results["notes"] = _notes(args, families, load_before, os.getloadavg()[0])
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     text = report.markdown(results)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
