@@ -137,6 +137,10 @@ def match_names(fds: Iterable[tuple[int, str]], binds: Sequence[str], *,
         except OSError as exc:
             raise ListenerError(f"corral: systemd socket {name!r} (fd {fd}) is not a socket: "
                                 f"{exc.strerror}") from None
+        if sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise ListenerError(f"corral: systemd socket {name!r} (fd {fd}) is not a stream socket "
+                                "(use ListenStream=, not ListenDatagram=)")
         key = address_key(sock)
         inherited[key] = sock
         names.setdefault(name, key)

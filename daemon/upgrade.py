@@ -57,6 +57,7 @@ log = structlog.get_logger("corral.master")
 HANDOFF_VAR = "CORRAL_HANDOFF"
 HANDOFF_VERSION = 1
 CHECK_PREFIX = "corral upgrade check: "
+CONFIG_ONLY = "--corral-check-config-only"  # first check argument when the app is an object
 # The log events of an upgrade (tests and operators grep for these names).
 EVENT_STARTED = "upgrade_started"  # USR2 accepted, preflight running
 EVENT_EXEC = "upgrade_exec"  # preflight passed, re-executing now
@@ -216,8 +217,8 @@ def config_argv(config: Any) -> list[str]:
     Used for the preflight whatever started the master (``corral``, ``python
     -m daemon``, ``daemon.run``): the environment and ``--config`` file are
     re-read by the check, exactly as the new image will. An app given as an
-    object rather than an import string cannot be re-imported: it is left out
-    and only the configuration is checked.
+    object rather than an import string cannot be re-imported: the list then
+    starts with ``CONFIG_ONLY`` and only the configuration is checked.
     """
     from daemon.options import BY_NAME
 
@@ -236,6 +237,8 @@ def config_argv(config: Any) -> list[str]:
             argv += [opt.flag, oct(value) if opt.kind == "octal" and isinstance(value, int) else str(value)]
     if isinstance(config.given_app, str):
         argv.append(config.given_app)
+    elif config.given_app is not None:
+        argv.insert(0, CONFIG_ONLY)
     return argv
 
 
@@ -527,6 +530,11 @@ def check_main(argv: Sequence[str]) -> int:
 
     from daemon.config import ConfigError, apply_env_file
 
+    config_only = bool(argv) and argv[0] == CONFIG_ONLY
+    if config_only:
+        # daemon.run() was given the app object itself: nothing to import, the
+        # re-executed script builds it again; a placeholder satisfies the parser.
+        argv = [*argv[1:], "corral_check:placeholder"]
     try:
         config = parse_cli_config(argv)
     except ConfigError as exc:
@@ -547,7 +555,7 @@ def check_main(argv: Sequence[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - any failure of the new install is a reason to stay
             print(f"{CHECK_PREFIX}cannot import {module}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-    if not isinstance(config.app, str):
+    if config_only or not isinstance(config.app, str):
         return 0
     apply_env_file(config)
     from server_core.importer import AppLoadError, load

@@ -213,6 +213,14 @@ def test_match_names_unknown_name_is_an_error() -> None:
     tcp.close()
 
 
+def test_match_names_refuses_a_datagram_socket() -> None:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    with pytest.raises(ListenerError, match="not a stream socket"):
+        systemd.match_names([(os.dup(udp.fileno()), "dns")], ())
+    udp.close()
+
+
 def test_match_names_without_sockets_keeps_the_default() -> None:
     assert systemd.match_names([], ("127.0.0.1:8000",), implicit="127.0.0.1:8000") == (("127.0.0.1:8000",), {})
 

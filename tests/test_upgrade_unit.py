@@ -289,3 +289,15 @@ def test_build_handoff_and_resume_round_trip(monkeypatch: pytest.MonkeyPatch) ->
         sock.close()
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_config_only_check_for_an_app_object(tmp_path: Path) -> None:
+    """daemon.run(app_object): the check validates the configuration and skips the import."""
+    config = build_config({"workers": 2}, {}, app=lambda scope, receive, send: None, source="daemon.run()")
+    argv = upgrade.config_argv(config)
+    assert argv[0] == upgrade.CONFIG_ONLY
+    assert _run_check(argv).ok is True
+    bad = tmp_path / "bad.toml"
+    bad.write_text("workers = 'many'\n")
+    check = _run_check([upgrade.CONFIG_ONLY, "--config", str(bad)])
+    assert check.ok is False and check.popen.returncode == 2
