@@ -28,24 +28,27 @@ import structlog
 
 from daemon import pidfile
 from daemon.listeners import Listener, ListenerError, close_listeners, open_listeners
-from daemon.spawn import spawn_worker
+from daemon.spawn import read_pipe, reap, send_signal, spawn_worker
 from daemon.workers import (
     MEMORY_STRIKES,
+    Due,
     Reason,
     State,
+    Verdict,
     WorkerRecord,
     backoff_delay,
-    boot_expired,
+    boot_error,
     counts,
     deadlines,
-    give_up,
-    heartbeat_expired,
+    due,
+    exit_verdict,
     jittered_limit,
     memory_strikes,
     oldest_serving,
     plan,
     roll_pending,
     scale,
+    status_line,
     transition,
 )
 from server_core.control import EXIT_APP_FAILED, WORKER_SIGNALS, parse_messages
@@ -258,17 +261,8 @@ class Arbiter:
     def _read_pipe(self, record: WorkerRecord) -> None:
         if record.read_fd is None:
             return
-        eof = False
-        try:
-            while True:
-                chunk = os.read(record.read_fd, 65536)
-                if not chunk:
-                    eof = True
-                    break
-                record.buffer += chunk
-        except BlockingIOError:
-            pass
-        messages, record.buffer = parse_messages(record.buffer)
+        data, eof = read_pipe(record.read_fd)
+        messages, record.buffer = parse_messages(record.buffer + data)
         for message in messages:
             self._on_message(record, message.kind, message.arg)
         if eof:
@@ -310,10 +304,8 @@ class Arbiter:
         self._update_status()
 
     def _update_status(self) -> None:
-        ready, total = counts(self.records.values())
-        text = f"ready={ready} total={total} generation={self.generation}"
-        if self.last_failure:
-            text += f" last_failure={self.last_failure}"
+        ready = counts(self.records.values())[0]
+        text = status_line(self.records.values(), self.generation, self.last_failure)
         if text != self._last_status:
             self._last_status = text
             self.notify.status(text)
@@ -323,10 +315,7 @@ class Arbiter:
             self.notify.ready()
 
     def _signal(self, record: WorkerRecord, sig: int) -> None:
-        try:
-            os.kill(record.pid, sig)
-        except ProcessLookupError:
-            pass  # already dead; the CHLD wake-up reaps it
+        send_signal(record.pid, sig)  # if already dead, the CHLD wake-up reaps it
 
     def _spawn(self, reason: str) -> None:
         limit = jittered_limit(self.config.limit_max_requests, self.config.limit_max_requests_jitter)
@@ -377,48 +366,38 @@ class Arbiter:
     # -- reaping and failures ------------------------------------------------
 
     def _reap(self) -> None:
-        # Each worker by PID, never waitpid(-1): another child of the master
-        # (the USR2 preflight's Popen) must keep its exit status for its owner.
         for record in list(self.records.values()):
-            try:
-                pid, status = os.waitpid(record.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = record.pid, 0  # reaped elsewhere: gone all the same
-            if pid == 0:
+            status = reap(record.pid)
+            if status is None:
                 continue
             self._read_pipe(record)  # a last "ready" or "fail" may still be in the pipe
             self._close_pipe(record)
-            record.exit_status = os.waitstatus_to_exitcode(status)
+            record.exit_status = status
             self._on_exit(record)
 
     def _on_exit(self, record: WorkerRecord) -> None:
         previous = record.state
         del self.records[record.pid]
-        if previous in (State.BOOTING, State.FAILED) and not self.stopping:
-            self._transition(record, State.GONE, status=record.exit_status)
-            self._boot_failed(record)
-            return
-        reason = record.drain_reason or (Reason.CRASH.value if previous is State.READY else "")
+        in_roll = self.roll is not None and record.generation == self.roll.generation
+        verdict = exit_verdict(previous, ever_ready=self.ever_ready, stopping=bool(self.stopping),
+                               in_roll=in_roll)
+        reason = record.drain_reason or (Reason.CRASH.value if verdict is Verdict.CRASH else "")
         self._transition(record, State.GONE, status=record.exit_status, reason=reason)
-        if previous is State.READY and not self.stopping:
+        if verdict is Verdict.CRASH:
             self.vacancy = Reason.CRASH.value
             self.last_failure = f"worker {record.pid} died (status {record.exit_status})"
+        elif verdict is not Verdict.EXPECTED:
+            self._boot_failed(record, verdict)
 
-    def _boot_failed(self, record: WorkerRecord) -> None:
-        if record.boot_error:
-            message = record.boot_error
-        elif record.drain_reason == Reason.BOOT_TIMEOUT.value:
-            message = f"worker did not become ready within {self.config.timeout_worker_boot:g}s"
-        else:
-            message = f"worker exited with status {record.exit_status} before it was ready"
+    def _boot_failed(self, record: WorkerRecord, verdict: Verdict) -> None:
+        message = boot_error(record, self.config.timeout_worker_boot)
         self.last_failure = f"boot failed: {message}"
-        if give_up(self.ever_ready, record):
+        if verdict is Verdict.GIVE_UP:
             log.error("boot_failed", pid=record.pid, status=record.exit_status, error=message, action="exit")
             say(f"the application could not start: {message}")
             self.exit_status = EXIT_APP_FAILED
             self._stop("quit")
-            return
-        if self.roll and record.generation == self.roll.generation:
+        elif verdict is Verdict.ABORT_ROLL and self.roll is not None:
             log.error("roll_aborted", generation=self.roll.generation, pid=record.pid, error=message)
             say(f"reload aborted, the previous workers keep serving: {message}")
             self.config = self.roll.previous_config
@@ -427,28 +406,30 @@ class Arbiter:
             self.target = int(self.config.workers)
             self.roll = None
             self.notify.ready()
-            return
-        self.failures += 1
-        delay = backoff_delay(self.failures)
-        self.retry_at = time.monotonic() + delay
-        self.vacancy = Reason.RETRY.value
-        log.error("boot_failed", pid=record.pid, status=record.exit_status, error=message,
-                  action="retry", retry_in=delay, failures=self.failures)
+        else:
+            self.failures += 1
+            delay = backoff_delay(self.failures)
+            self.retry_at = time.monotonic() + delay
+            self.vacancy = Reason.RETRY.value
+            log.error("boot_failed", pid=record.pid, status=record.exit_status, error=message,
+                      action="retry", retry_in=delay, failures=self.failures)
+        self._update_status()
 
     def _check_timers(self) -> None:
         now = time.monotonic()
         cfg = self.config
-        for record in list(self.records.values()):
-            if record.kill_at is not None and now >= record.kill_at:
+        for record, what in due(self.records.values(), now, boot_timeout=cfg.timeout_worker_boot,
+                                heartbeat_timeout=cfg.timeout_worker_healthcheck,
+                                supervising=not self.stopping):
+            if what is Due.KILL:
                 record.kill_at = None
                 log.warning("worker_killed", pid=record.pid, reason=record.drain_reason)
                 self._signal(record, signal.SIGKILL)
-            elif not self.stopping and boot_expired(record, now, cfg.timeout_worker_boot):
+            elif what is Due.BOOT_TIMEOUT:
                 record.drain_reason = Reason.BOOT_TIMEOUT.value
-                record.kill_at = None
                 self._transition(record, State.FAILED, reason=record.drain_reason)
                 self._signal(record, signal.SIGKILL)
-            elif not self.stopping and heartbeat_expired(record, now, cfg.timeout_worker_healthcheck):
+            else:
                 # A silent event loop: log its stacks (SIGUSR2 → faulthandler), then kill it.
                 log.error("heartbeat_timeout", pid=record.pid, timeout=cfg.timeout_worker_healthcheck)
                 record.drain_reason = Reason.HEARTBEAT.value

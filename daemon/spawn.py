@@ -1,4 +1,6 @@
-"""Forking one worker: the only code that runs on both sides of ``os.fork()``.
+"""A worker process from the master's side: fork it, read its pipe, signal it, reap it.
+
+``spawn_worker`` is the only code that runs on both sides of ``os.fork()``.
 
 The parent gets the child's PID and the read end of its control pipe. The
 child leaves the master's world behind before it serves: default signal
@@ -90,3 +92,38 @@ def _reset_signals() -> None:
     # Ctrl-C in a terminal reaches the whole process group; the master decides
     # what it means and signals the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def read_pipe(fd: int) -> tuple[bytes, bool]:
+    """Everything waiting in a worker's (non-blocking) control pipe, and whether it hit EOF."""
+    data = b""
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return data, True
+            data += chunk
+    except BlockingIOError:
+        return data, False
+
+
+def send_signal(pid: int, sig: int) -> bool:
+    """Signal a worker; False if it is already gone (its exit is reaped separately)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def reap(pid: int) -> int | None:
+    """The exit code of worker ``pid`` if it has exited (negative: killed by that signal), else None.
+
+    Waits for this PID only, never ``waitpid(-1)``: another child of the
+    master (the USR2 preflight's Popen) must keep its status for its owner.
+    """
+    try:
+        found, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0  # reaped elsewhere: gone all the same
+    return None if found == 0 else os.waitstatus_to_exitcode(status)

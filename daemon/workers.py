@@ -206,15 +206,72 @@ def backoff_delay(failures: int, *, base: float = BACKOFF_BASE, cap: float = BAC
     return min(cap, base * 2 ** (failures - 1))
 
 
-def give_up(ever_ready: bool, failed: WorkerRecord) -> bool:
-    """Stop the master instead of retrying: a boot failure before anything served.
+class Verdict(str, enum.Enum):
+    """What a worker's exit means to the master."""
+
+    EXPECTED = "expected"  # it was told to stop, or the master is stopping
+    CRASH = "crash"  # a ready worker died: replace it at once
+    RETRY = "retry"  # a replacement failed to boot: retry after a backoff
+    ABORT_ROLL = "abort-roll"  # a HUP's new worker failed to boot: keep the old generation
+    GIVE_UP = "give-up"  # nothing ever served and a worker cannot boot: exit 3
+
+
+def exit_verdict(previous: State, *, ever_ready: bool, stopping: bool, in_roll: bool) -> Verdict:
+    """Classify the exit of a worker that was in state ``previous``.
 
     At first start a worker that cannot boot means the app cannot start
     (import error, lifespan failure, boot timeout); retrying would loop
-    forever, so the master exits 3 with the error. Once something has served,
-    a failure is retried with backoff while the healthy workers carry on.
+    forever, so the master gives up. Once something has served, a failure is
+    retried with backoff while the healthy workers carry on — except the new
+    worker of a roll (``in_roll``), whose failure stops the roll.
     """
-    return not ever_ready and failed.ready_at is None
+    if stopping:
+        return Verdict.EXPECTED
+    if previous in (State.BOOTING, State.FAILED):
+        if not ever_ready:
+            return Verdict.GIVE_UP
+        return Verdict.ABORT_ROLL if in_roll else Verdict.RETRY
+    if previous is State.READY:
+        return Verdict.CRASH
+    return Verdict.EXPECTED
+
+
+def boot_error(record: WorkerRecord, boot_timeout: float) -> str:
+    """The one-line reason a worker did not boot, for logs and the exit-3 message."""
+    if record.boot_error:
+        return record.boot_error
+    if record.drain_reason == Reason.BOOT_TIMEOUT.value:
+        return f"worker did not become ready within {boot_timeout:g}s"
+    return f"worker exited with status {record.exit_status} before it was ready"
+
+
+class Due(str, enum.Enum):
+    """A deadline of one worker that has passed."""
+
+    KILL = "kill"  # draining or failed past its kill moment: SIGKILL
+    BOOT_TIMEOUT = "boot-timeout"  # booting past --timeout-worker-boot
+    HEARTBEAT = "heartbeat"  # ready but silent past --timeout-worker-healthcheck
+
+
+def due(records: Iterable[WorkerRecord], now: float, *, boot_timeout: float, heartbeat_timeout: float,
+        supervising: bool = True) -> list[tuple[WorkerRecord, Due]]:
+    """Every worker whose deadline has passed, and which one (health checks only while ``supervising``)."""
+    out: list[tuple[WorkerRecord, Due]] = []
+    for record in records:
+        if record.kill_at is not None and now >= record.kill_at:
+            out.append((record, Due.KILL))
+        elif supervising and boot_expired(record, now, boot_timeout):
+            out.append((record, Due.BOOT_TIMEOUT))
+        elif supervising and heartbeat_expired(record, now, heartbeat_timeout):
+            out.append((record, Due.HEARTBEAT))
+    return out
+
+
+def status_line(records: Iterable[WorkerRecord], generation: int, last_failure: str = "") -> str:
+    """The one-line state of the pool (systemd ``STATUS=``)."""
+    ready, total = counts(records)
+    text = f"ready={ready} total={total} generation={generation}"
+    return f"{text} last_failure={last_failure}" if last_failure else text
 
 
 def boot_expired(record: WorkerRecord, now: float, timeout: float) -> bool:

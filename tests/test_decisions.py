@@ -8,14 +8,18 @@ import pytest
 
 from daemon.workers import (
     BACKOFF_CAP,
+    Due,
     Plan,
     State,
+    Verdict,
     WorkerRecord,
     backoff_delay,
+    boot_error,
     boot_expired,
     counts,
     deadlines,
-    give_up,
+    due,
+    exit_verdict,
     heartbeat_expired,
     jittered_limit,
     memory_strikes,
@@ -23,6 +27,7 @@ from daemon.workers import (
     plan,
     roll_pending,
     scale,
+    status_line,
     transition,
 )
 
@@ -242,10 +247,42 @@ def test_backoff_never_blocks_retiring() -> None:
 
 
 def test_give_up_only_before_anything_served() -> None:
-    failed = worker(State.FAILED)
-    failed.ready_at = None
-    assert give_up(ever_ready=False, failed=failed)
-    assert not give_up(ever_ready=True, failed=failed)
+    for previous in (State.BOOTING, State.FAILED):
+        assert exit_verdict(previous, ever_ready=False, stopping=False, in_roll=False) is Verdict.GIVE_UP
+        assert exit_verdict(previous, ever_ready=True, stopping=False, in_roll=False) is Verdict.RETRY
+
+
+def test_a_failed_boot_in_a_roll_aborts_it() -> None:
+    assert exit_verdict(State.BOOTING, ever_ready=True, stopping=False, in_roll=True) is Verdict.ABORT_ROLL
+
+
+def test_exits_while_stopping_or_draining_are_expected_and_ready_ones_are_crashes() -> None:
+    assert exit_verdict(State.BOOTING, ever_ready=False, stopping=True, in_roll=False) is Verdict.EXPECTED
+    assert exit_verdict(State.DRAINING, ever_ready=True, stopping=False, in_roll=False) is Verdict.EXPECTED
+    assert exit_verdict(State.READY, ever_ready=True, stopping=False, in_roll=False) is Verdict.CRASH
+
+
+def test_boot_error_says_why() -> None:
+    record = worker(State.FAILED)
+    record.exit_status = 3
+    assert boot_error(record, 60) == "worker exited with status 3 before it was ready"
+    record.drain_reason = "boot-timeout"
+    assert boot_error(record, 2.5) == "worker did not become ready within 2.5s"
+    record.boot_error = "ModuleNotFoundError: No module named 'nope'"
+    assert boot_error(record, 60) == record.boot_error
+
+
+def test_due_names_each_passed_deadline() -> None:
+    stuck = worker(State.READY, started=0.0)
+    slow = worker(State.BOOTING, started=0.0)
+    draining = worker(State.DRAINING)
+    draining.kill_at = 5.0
+    fine = worker(State.READY, started=9.0)
+    found = due([stuck, slow, draining, fine], 10.0, boot_timeout=5, heartbeat_timeout=3)
+    assert found == [(stuck, Due.HEARTBEAT), (slow, Due.BOOT_TIMEOUT), (draining, Due.KILL)]
+    # While stopping only the kill deadlines matter.
+    assert due([stuck, slow, draining], 10.0, boot_timeout=5, heartbeat_timeout=3,
+               supervising=False) == [(draining, Due.KILL)]
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -262,3 +299,5 @@ def test_jitter_stays_in_range_and_spreads() -> None:
 def test_counts_ignore_the_gone() -> None:
     records = [worker(), worker(State.BOOTING), worker(State.DRAINING), worker(State.GONE)]
     assert counts(records) == (1, 3)
+    assert status_line(records, 4) == "ready=1 total=3 generation=4"
+    assert status_line(records, 4, "boot failed: x").endswith(" last_failure=boot failed: x")
