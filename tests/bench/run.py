@@ -20,10 +20,12 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from tests.bench import probes, report, sections, wrk
@@ -152,9 +154,15 @@ def _notes(args: argparse.Namespace, families: Sequence[str], load_before: float
     return notes
 
 
+def _interrupt_on_term(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM behaves as Ctrl-C: servers are stopped by their ``finally`` and a partial report is written."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; print and write the report. Exit 0 even when a server fails (it is reported)."""
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt_on_term)
     try:
         wrk.wrk_path()
     except wrk.WrkError as exc:

@@ -11,8 +11,10 @@ in the JSON results, and when it offers ``--quick`` that is passed on for a quic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +46,31 @@ def _flags(module: str) -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
+def _run(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str] | None:
+    """Run ``argv`` in its own session; on timeout SIGTERM it (so its own cleanup runs), then
+    SIGKILL its whole session, and return None."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=_env(), stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM of the runner): take the section's servers down with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def run_section(name: str, *, quick: bool, workdir: Path, timeout_s: float) -> dict[str, Any]:
     """Run ``tests.bench.<name>`` if present; return its status, markdown and JSON data."""
     title = OPTIONAL.get(name, name)
@@ -60,13 +87,10 @@ def run_section(name: str, *, quick: bool, workdir: Path, timeout_s: float) -> d
         json_path.unlink(missing_ok=True)
         argv += ["--json", str(json_path)]
     started = time.perf_counter()
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, env=_env(),
-                              check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    done = _run(argv, timeout_s)
+    if done is None:
         return {"name": name, "title": title, "status": "failed", "argv": argv,
-                "error": f"did not finish within {timeout_s:.0f}s", "markdown": out, "data": None}
+                "error": f"did not finish within {timeout_s:.0f}s (stopped)", "markdown": "", "data": None}
     data: Any = None
     if json_path is not None and json_path.exists():
         try:
