@@ -115,9 +115,9 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def run_load(cases: Sequence[tuple[Scenario, ServerSpec]], load: LoadSettings, repeat: int,
-             workdir: Path) -> list[dict[str, Any]]:
-    """Every case ``repeat`` times, repetitions interleaved; returns one raw dict per run."""
-    runs: list[dict[str, Any]] = []
+             workdir: Path, runs: list[dict[str, Any]]) -> None:
+    """Every case ``repeat`` times, repetitions interleaved; appends one raw dict per run to ``runs``
+    (as it goes, so an interrupted suite still reports what it measured)."""
     total = len(cases) * repeat
     for rep in range(1, repeat + 1):
         for scenario, spec in cases:
@@ -125,7 +125,6 @@ def run_load(cases: Sequence[tuple[Scenario, ServerSpec]], load: LoadSettings, r
             row = measure(spec, scenario, load, workdir, rep)
             runs.append(row)
             _progress(f"    {_describe(row)}")
-    return runs
 
 
 def _notes(args: argparse.Namespace, families: Sequence[str], load_before: float, load_after: float) -> list[str]:
@@ -190,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.no_load:
             cases = plan(scenarios, families, server_cpus=server_cpus, multi_cpus=multi_cpus)
-            results["runs"] = run_load(cases, load, args.repeat, workdir)
+            run_load(cases, load, args.repeat, workdir, results["runs"])
             results["summary"] = report.summarize(results["runs"])
         if not args.no_startup:
             for family in (f for f in FAMILIES if f in families):
