@@ -522,6 +522,9 @@ class Arbiter:
         if tuple(new.binds) != tuple(self.config.binds):
             log.warning("listeners_unchanged", reason="changing listeners needs a restart or USR2",
                         wanted=list(new.binds), kept=[lst.address for lst in self.listeners])
+        if self.preloaded_app is not None:
+            log.warning("app_not_reloaded", reason="--preload: the app was imported in the master; "
+                        "new workers run the same code (use USR2 to load new code)")
         self.notify.reloading()
         self._reconfigure_logs(new)
         self.start_roll(new, Reason.HUP.value)
@@ -600,7 +603,11 @@ class Arbiter:
 
     def on_winch(self) -> None:
         """WINCH (off a terminal): stop every worker gracefully, keep master and sockets."""
-        if self.stopping or os.isatty(0):
+        if self.stopping:
+            return
+        if os.isatty(0):
+            # In a terminal, WINCH only means the window was resized.
+            log.debug("winch_ignored", reason="stdin is a terminal")
             return
         self.target = 0
         for record in self.records.values():

@@ -31,6 +31,7 @@ MASTER_SIGNALS = (
 )
 # Exit status of a child that crashed before or outside serve().
 EXIT_SPAWN_ERROR = 1
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def spawn_worker(settings: ServerSettings, sockets: Sequence[socket], *,
@@ -55,8 +56,10 @@ def spawn_worker(settings: ServerSettings, sockets: Sequence[socket], *,
 def _run_child(settings: ServerSettings, sockets: Sequence[socket], read_fd: int, write_fd: int,
                close_fds: list[int], app: Any) -> None:
     status = EXIT_SPAWN_ERROR
+    master = os.getppid()
     try:
         _reset_signals()
+        _die_with(master)
         os.close(read_fd)
         for fd in close_fds:
             try:
@@ -69,7 +72,6 @@ def _run_child(settings: ServerSettings, sockets: Sequence[socket], read_fd: int
         from server_core.worker import serve
 
         forget_notify_socket()
-
         status = serve(settings, sockets, control=PipeControl(write_fd), app=app)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else EXIT_SPAWN_ERROR
@@ -92,6 +94,25 @@ def _reset_signals() -> None:
     # Ctrl-C in a terminal reaches the whole process group; the master decides
     # what it means and signals the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _die_with(master: int) -> None:
+    """Have the kernel send SIGTERM (a graceful stop) if the master dies (Linux).
+
+    Without it a SIGKILLed master leaves its workers serving forever, owned
+    by nobody. Elsewhere this is a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != master:  # the master died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def read_pipe(fd: int) -> tuple[bytes, bool]:

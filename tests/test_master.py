@@ -85,6 +85,20 @@ def test_int_is_graceful_and_a_second_int_is_quit(corral: Start) -> None:
     assert "mode=quit" in proc.output()
 
 
+def test_workers_stop_when_the_master_is_killed(corral: Start) -> None:
+    import psutil
+
+    proc = start(corral)
+    workers = [psutil.Process(pid) for pid in worker_pids(proc.pid)]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait_exit(10)
+
+    def all_gone() -> bool:
+        return not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+    wait_until(all_gone, 15, "the orphaned workers to stop")
+
+
 def test_pid_file_is_written_and_removed(corral: Start, tmp_path: Path) -> None:
     pid_path = tmp_path / "run" / "corral.pid"
     pid_path.parent.mkdir()
