@@ -62,8 +62,28 @@ def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus:
     return cases
 
 
-def _cpus(value: str) -> str | None:
-    return None if value.lower() in ("", "none", "-") else value
+def _cpu_set(cpus: str) -> set[int]:
+    """``"0,2-3"`` → ``{0, 2, 3}`` (taskset's list syntax)."""
+    found: set[int] = set()
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        found.update(range(int(low), int(high or low) + 1))
+    return found
+
+
+def _cpus(value: str, unpinned: list[str]) -> str | None:
+    """A taskset CPU list, or None for 'none' or for CPUs this process may not use (noted)."""
+    if value.lower() in ("", "none", "-"):
+        return None
+    try:
+        wanted = _cpu_set(value)
+    except ValueError:
+        raise SystemExit(f"tests.bench.run: bad CPU list {value!r} (taskset syntax: 0 or 0,1 or 0-3)") from None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if not wanted <= allowed:
+        unpinned.append(f"CPU list {value} is not available here (allowed: {sorted(allowed)}): left unpinned.")
+        return None
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -127,13 +147,17 @@ def run_load(cases: Sequence[tuple[Scenario, ServerSpec]], load: LoadSettings, r
             _progress(f"    {_describe(row)}")
 
 
-def _notes(args: argparse.Namespace, families: Sequence[str], load_before: float, load_after: float) -> list[str]:
+def _notes(settings: dict[str, Any], families: Sequence[str], load_before: float,
+           load_after: float) -> list[str]:
+    server, multi, load = settings["server_cpus"], settings["multi_cpus"], settings["wrk_cpus"]
+    if multi is not None and multi == server and len(_cpu_set(multi)) == 1:
+        multi_note = ("both workers share one core, so they check that a second worker costs little CPU per "
+                      "request and scheduling stays fair — they cannot show more throughput.")
+    else:
+        multi_note = "the workers may spread over several cores (compare CPU per request, not req/s, with 1 worker)."
     notes = [
-        f"Servers run pinned to CPU {args.server_cpus} (master and workers together), wrk to CPU "
-        f"{args.wrk_cpus}. The 2-worker rows are pinned to CPU {args.multi_cpus or 'none'}: "
-        + ("both workers share one core, so they check that a second worker costs little CPU per request "
-           "and scheduling stays fair — they cannot show more throughput."
-           if args.multi_cpus == args.server_cpus else "they may spread over the cores wrk also uses."),
+        f"Servers run pinned to CPU {server or 'none'} (master and workers together), wrk to CPU "
+        f"{load or 'none'}. The 2-worker rows are pinned to CPU {multi or 'none'}: " + multi_note,
         "corral and uvicorn run with their defaults (loop auto → uvloop), `--log-level warning "
         "--no-access-log`; the access-log rows use `--log-level info --access-log` with output to a file.",
         "The ceiling is tests/bench/ceiling.py: uvloop + httptools answering a fixed response, no ASGI.",
@@ -171,9 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = RESULTS / "work"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    server_cpus, multi_cpus = _cpus(args.server_cpus), _cpus(args.multi_cpus)
+    pin_notes: list[str] = []
+    server_cpus, multi_cpus = _cpus(args.server_cpus, pin_notes), _cpus(args.multi_cpus, pin_notes)
     load = LoadSettings(duration_s=args.duration, warmup_s=args.warmup, connections=args.connections,
-                        wrk_cpus=_cpus(args.wrk_cpus))
+                        wrk_cpus=_cpus(args.wrk_cpus, pin_notes))
     scenarios = [SCENARIOS[name] for name in args.only.split(",") if name]
     families = [f for f in args.servers.split(",") if f]
     load_before = os.getloadavg()[0]
@@ -215,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["interrupted"] = True
         results["summary"] = report.summarize(results["runs"])
     results["targets"] = report.targets(results["summary"], results["memory"]) if results["summary"] else []
-    results["notes"] = _notes(args, families, load_before, os.getloadavg()[0])
+    results["notes"] = _notes(results["settings"], families, load_before, os.getloadavg()[0]) + pin_notes
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     text = report.markdown(results)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
