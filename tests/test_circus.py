@@ -98,6 +98,20 @@ def _workers(master: int) -> set[int]:
         return set()
 
 
+def _kill_tree(proc: Proc) -> None:
+    """Kill the supervising daemon first (so it cannot respawn corral), then all it started."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    proc.kill()
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.fixture
 def circus(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Circus]:
     circusd = require_tool("circusd", str(BIN / "circusd"))
@@ -105,24 +119,20 @@ def circus(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Circus]:
     port = free_port()
     conf = render_circus_ini(tmp_path, port=port)
     proc = procs([circusd, str(conf)], name="circusd")
-    running = Circus(proc, f"ipc://{tmp_path}/run/control.sock", ctl_bin, f"http://127.0.0.1:{port}",
-                     tmp_path / "log")
-
-    def alive() -> str | None:
-        return proc.dead() or (f"corral failed under circusd:\n{running.corral_log()[-3000:]}"
-                               if "boot_failed" in running.corral_log() else None)
-
-    wait_until(lambda: _serves(running.url), 30, "corral serving under circusd", alive=alive, interval=0.05)
-    master = running.master_pid()
-    wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
     try:
+        running = Circus(proc, f"ipc://{tmp_path}/run/control.sock", ctl_bin, f"http://127.0.0.1:{port}",
+                         tmp_path / "log")
+
+        def alive() -> str | None:
+            return proc.dead() or (f"corral failed under circusd:\n{running.corral_log()[-3000:]}"
+                                   if "boot_failed" in running.corral_log() else None)
+
+        wait_until(lambda: _serves(running.url), 30, "corral serving under circusd", alive=alive, interval=0.05)
+        master = running.master_pid()
+        wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
         yield running
     finally:
-        for pid in _workers(master) | {master}:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+        _kill_tree(proc)
 
 
 def test_hup_roll_under_load_then_quit(circus: Circus) -> None:

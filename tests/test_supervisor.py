@@ -99,6 +99,20 @@ def _workers(master: int) -> set[int]:
         return set()
 
 
+def _kill_tree(proc: Proc) -> None:
+    """Kill the supervising daemon first (so it cannot respawn corral), then all it started."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    proc.kill()
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.fixture
 def supervised(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Supervised]:
     supervisord = require_tool("supervisord", str(BIN / "supervisord"))
@@ -106,28 +120,22 @@ def supervised(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Supervise
     port = free_port()
     conf = render_supervisor_conf(tmp_path, port=port)
     proc = procs([supervisord, "-n", "-c", str(conf)], name="supervisord")
-    sup = Supervised(proc, conf, ctl_bin, f"http://127.0.0.1:{port}", tmp_path / "log" / "supervisord.log")
-
-    def alive() -> str | None:
-        dead = proc.dead()
-        if dead is None and "exited: corral" in sup.log_text():
-            dead = f"corral failed under supervisord:\n{sup.log_text()[-3000:]}\n{sup.program_log()[-3000:]}"
-        return dead
-
-    wait_until(lambda: _serves(sup.url), 30, "corral serving under supervisord", alive=alive, interval=0.05)
-    wait_until(lambda: sup.state() == "RUNNING", 30, "supervisorctl status RUNNING", alive=alive)
-    master = sup.master_pid()
-    wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
     try:
+        sup = Supervised(proc, conf, ctl_bin, f"http://127.0.0.1:{port}", tmp_path / "log" / "supervisord.log")
+
+        def alive() -> str | None:
+            dead = proc.dead()
+            if dead is None and "exited: corral" in sup.log_text():
+                dead = f"corral failed under supervisord:\n{sup.log_text()[-3000:]}\n{sup.program_log()[-3000:]}"
+            return dead
+
+        wait_until(lambda: _serves(sup.url), 30, "corral serving under supervisord", alive=alive, interval=0.05)
+        wait_until(lambda: sup.state() == "RUNNING", 30, "supervisorctl status RUNNING", alive=alive)
+        master = sup.master_pid()
+        wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
         yield sup
     finally:
-        # The program runs in its own process group under supervisord: kill it
-        # by PID too, in case the test failed before stopping it.
-        for pid in _workers(master) | {master}:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+        _kill_tree(proc)
 
 
 def test_hup_roll_under_load_then_clean_stop(supervised: Supervised) -> None:
