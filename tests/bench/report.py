@@ -215,6 +215,32 @@ def _first_line(text: str | None, width: int = 160) -> str:
     return (line[: width - 1] + "…" if len(line) > width else line).replace("|", "\\|")
 
 
+def headline(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """The short table for the README: corral against uvicorn per scenario (1 worker)."""
+    scenarios = list(dict.fromkeys(row["scenario"] for row in summary))
+    if not any(_median(summary, sc, "corral", "cpu_us_per_req") for sc in scenarios):
+        return []
+    out = ["", "## Summary: CPU µs per request, 1 worker (lower is better)", "",
+           "| scenario | corral | uvicorn | corral / uvicorn | corral h11 / uvicorn h11 | ceiling | granian "
+           "| gunicorn | p99 corral / uvicorn |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def med(scenario: str, server: str, field: str = "cpu_us_per_req") -> float | None:
+        return _median(summary, scenario, server, field)
+
+    def div(a: float | None, b: float | None) -> str:
+        return "–" if a is None or not b else f"{a / b:.2f}"
+
+    for sc in scenarios:
+        out.append(
+            f"| {sc} | {_fmt(med(sc, 'corral'))} | {_fmt(med(sc, 'uvicorn'))} | "
+            f"{div(med(sc, 'corral'), med(sc, 'uvicorn'))} | {div(med(sc, 'corral-h11'), med(sc, 'uvicorn-h11'))} | "
+            f"{_fmt(med(sc, 'ceiling'))} | {_fmt(med(sc, 'granian'))} | {_fmt(med(sc, 'gunicorn'))} | "
+            f"{div(med(sc, 'corral', 'p99_ms'), med(sc, 'uvicorn', 'p99_ms'))} |"
+        )
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole report as markdown."""
     meta, settings = results["meta"], results["settings"]
@@ -229,6 +255,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{settings['warmup_s']:g}s warm-up; figures are median (min–max)"
         + (" · **quick run**" if settings.get("quick") else "")
     )
+    if results.get("busy"):
+        out.append(f"- **busy machine**: {results['busy']}")
+    out += headline(results["summary"])
     out += ["", "## Throughput and CPU cost", "",
             "CPU µs/req is the server's whole process tree (master and workers); × uvicorn compares it "
             "with uvicorn's in the same scenario and configuration (lower is better). *core used* is the "

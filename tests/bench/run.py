@@ -202,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = [SCENARIOS[name] for name in args.only.split(",") if name]
     families = [f for f in args.servers.split(",") if f]
     load_before = os.getloadavg()[0]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "meta": report.machine(),
@@ -242,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["targets"] = report.targets(results["summary"], results["memory"]) if results["summary"] else []
     results["notes"] = _notes(results["settings"], families, load_before, os.getloadavg()[0]) + pin_notes
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    load_after = os.getloadavg()[0]
+    if max(load_before, load_after) > cpus / 2:
+        results["busy"] = (f"load average {load_before:.1f} before, {load_after:.1f} after on {cpus} CPUs — "
+                           "other work shared the machine: trust CPU µs/req and ratios, not req/s or latency")
     text = report.markdown(results)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(text)
