@@ -349,3 +349,61 @@ def test_sans_io_modules_import_no_io() -> None:
         names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert not {name for name in names if name.split(".")[0] in ("asyncio", "socket", "selectors")}, rel
+
+
+FUZZ_SEEDS = [
+    b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: y\r\n\r\n",
+    b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nT: v\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.0\r\n\r\n",
+]
+
+
+def _verdict(cls: type[MessageReader], data: bytes, eof: bool) -> list:
+    parser = cls()
+    events = parser.feed(data) + (parser.eof() if eof else [])
+    out: list = []
+    for event in events:
+        if isinstance(event, Body):
+            out.append(("body", event.data))
+        elif isinstance(event, ParseError):
+            # Body bytes delivered just before an error may differ (one library
+            # refuses a byte the other buffers); the verdict may not.
+            while out and out[-1][0] == "body":
+                out.pop()
+            out.append(("error", event.status))
+        elif isinstance(event, RequestHead):
+            out.append(("head", event.method, event.raw_path, event.query_string, event.http_version,
+                        tuple(event.headers), event.keep_alive, event.upgrade, event.expect_continue))
+        else:
+            out.append(("end",))
+    merged: list = []
+    for item in out:
+        if item[0] == "body" and merged and merged[-1][0] == "body":
+            merged[-1] = ("body", merged[-1][1] + item[1])
+        else:
+            merged.append(item)
+    return merged
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_parsers_agree_on_mutated_requests(seed: int) -> None:
+    """Differential fuzzing: random byte mutations of valid requests get the same answer on both."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = b" \t\r\n:;,=\"\x00\x7f\x80\xffaZ09-/?#%"
+    for _ in range(3000):
+        data = bytearray(rng.choice(FUZZ_SEEDS))
+        for _ in range(rng.randint(1, 3)):
+            op, pos = rng.random(), rng.randrange(len(data) + 1)
+            if op < 0.4:
+                data[pos:pos] = bytes([rng.choice(alphabet)])
+            elif pos < len(data):
+                if op < 0.7:
+                    del data[pos]
+                else:
+                    data[pos] = rng.choice(alphabet)
+        eof = rng.random() < 0.3
+        raw = bytes(data)
+        assert _verdict(HttptoolsParser, raw, eof) == _verdict(H11Parser, raw, eof), raw

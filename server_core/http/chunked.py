@@ -26,8 +26,11 @@ from server_core.http.head import FIELD_LINE_RE, Reject
 # overflow attempt.
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# BWS ("bad whitespace") is refused rather than skipped: llhttp refuses it, h11
+# skips it, and a chunk line two parsers read differently is a smuggling
+# vector, so neither parser gets to decide.
 CHUNK_LINE_RE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+    rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 )
 
 _SIZE, _DATA, _DATA_CRLF, _TRAILER, _DONE = range(5)
@@ -89,6 +92,10 @@ class ChunkScanner:
             self._line += data[pos:end]
             if len(self._line) > self._max_line:
                 raise Reject(400, "chunk line too long")
+            # A CR can only end a line: one followed by anything but LF is
+            # refused at once (llhttp does, and both parsers must agree).
+            if b"\r" in self._line[:-1]:
+                raise Reject(400, "bare CR in chunked body")
             return end
         line = self._line + data[pos:eol + 1] if self._line else data[pos:eol + 1]
         self._line = b""

@@ -76,6 +76,10 @@ FIELD_LINE = (
 FIELD_LINE_RE = re.compile(FIELD_LINE)
 FIELD_BLOCK_RE = re.compile(rb"(?:" + FIELD_LINE + rb"\r\n)*")
 
+# RFC 9112 §6.1:  Transfer-Encoding = #transfer-coding (parameters refused:
+# no coding with parameters is one we implement).
+CODINGS_RE = re.compile(TOKEN + rb"(?: *, *" + TOKEN + rb")*")
+
 # RFC 9110 §8.6:  Content-Length = 1*DIGIT  (no sign, no hex, no list)
 DIGITS_RE = re.compile(rb"[0-9]{1,18}")
 
@@ -216,7 +220,7 @@ def check_head(head: bytes) -> int | None:
 # The fields that decide framing, found in the raw (lower-cased) block. The
 # grammar check above already guarantees "name:" has no whitespace before the
 # colon and no value holds a CR.
-FRAMING_FIELD_RE = re.compile(rb"\n(host|content-length|transfer-encoding):[ \t]*([^\r]*?)[ \t]*\r")
+FRAMING_FIELD_RE = re.compile(rb"\n(host|content-length|transfer-encoding): *([^\r]*?) *\r")
 
 
 def _field_problem(fields: bytes) -> str:
@@ -246,7 +250,7 @@ def _framing(version: bytes, fields: list[tuple[bytes, bytes]]) -> int | None:
         if name == b"host":
             hosts += 1
         elif name == b"content-length":
-            lengths.append(value)
+            lengths.append(value.strip(b"\t "))
         else:
             codings.append(value)
 
@@ -271,8 +275,13 @@ def _framing(version: bytes, fields: list[tuple[bytes, bytes]]) -> int | None:
         # request and the chunked transfer coding is not the final encoding,
         # ... the server MUST respond with the 400 (Bad Request) status code".
         #   Transfer-Encoding = #transfer-coding
+        # Transfer-Encoding = #transfer-coding, here strictly: no empty list
+        # elements and no HTAB (the libraries disagree on both, so neither may
+        # decide).
+        if not all(CODINGS_RE.fullmatch(value) for value in codings):
+            raise Reject(400, "malformed Transfer-Encoding")
         members = _tokens(codings)
-        if not members or members[-1] != b"chunked":
+        if members[-1] != b"chunked":
             raise Reject(400, "Transfer-Encoding does not end in chunked")
         if len(members) > 1:
             # §6.1: chunked MUST NOT be applied twice; any other coding is one
