@@ -96,6 +96,7 @@ class HTTPProtocol(asyncio.Protocol):
     # -- connection lifecycle -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        """Register the connection and start its keep-alive deadline."""
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
         self.transport = cast(asyncio.Transport, transport)
         self.state.connections.add(self)
@@ -111,6 +112,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._arm(self.idle_since + self.state.settings.timeout_keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection; a running request sees ``http.disconnect``."""
         self.gone = True
         self.state.connections.discard(self)
         if self._timer is not None:
@@ -122,6 +124,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._release_drain()
 
     def eof_received(self) -> bool | None:
+        """The client half-closed: finish what is pending, then close."""
         for event in self.parser.eof():
             self._dispatch(event)
         # Keep the transport open for writing while something is still to be
@@ -135,6 +138,7 @@ class HTTPProtocol(asyncio.Protocol):
         return busy
 
     def data_received(self, data: bytes) -> None:
+        """Parse the bytes and dispatch the events they complete."""
         events = self.parser.feed(data)
         for event in events:
             self._dispatch(event)
@@ -166,6 +170,7 @@ class HTTPProtocol(asyncio.Protocol):
     # -- requests ---------------------------------------------------------------
 
     def _on_head(self, head: RequestHead) -> None:
+        self.head_at = None  # a head that follows in the same read gets its own deadline
         state = self.state
         settings = state.settings
         state.total_requests += 1
@@ -318,9 +323,11 @@ class HTTPProtocol(asyncio.Protocol):
     # -- flow control ---------------------------------------------------------
 
     def pause_writing(self) -> None:
+        """The transport's buffer is full: the application's send() will wait."""
         self.write_paused = True
 
     def resume_writing(self) -> None:
+        """The transport drained: release waiting send() calls."""
         self.write_paused = False
         self._release_drain()
 
