@@ -12,6 +12,8 @@ Scenarios:
 - ``json_small``: a ~100-byte JSON object serialized per request.
 - ``stream``: 64 KiB streamed in 16 chunks of 4 KiB (``more_body``; chunked encoding).
 - ``echo``: reads the whole request body (1 KiB from the benchmark) and sends it back.
+- ``ws``: a WebSocket echo (``ws_echo``; plain HTTP requests get the hello answer, which is
+  how the benchmark sees that the server is up).
 """
 
 from __future__ import annotations
@@ -122,10 +124,32 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         await _lifespan(receive, send)
 
 
+async def ws_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept every WebSocket and send each message back as it came (text or bytes)."""
+    if scope["type"] == "websocket":
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                if message.get("text") is not None:
+                    await send({"type": "websocket.send", "text": message["text"]})
+                else:
+                    await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+            elif kind == "websocket.connect":
+                await send({"type": "websocket.accept"})
+            else:  # websocket.disconnect
+                return
+    elif scope["type"] == "http":
+        await hello(scope, receive, send)
+    elif scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+
+
 APP_ATTRS: dict[str, str] = {
     "hello": "hello",
     "json": "json_small",
     "stream": "stream",
     "echo": "echo",
+    "ws": "ws_echo",
 }
 """Scenario name → attribute of this module that servers import (``tests.bench.apps:<attr>``)."""

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.bench import wrk
+from tests.bench import wrk, ws_load
 from tests.bench.apps import APP_ATTRS
-from tests.bench.servers import ServerProcess, ServerSpec, ServerStartError
+from tests.bench.servers import HOST, ServerProcess, ServerSpec, ServerStartError
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Scenario:
     name: str
     title: str
     post: bool = False  # drive with the POST body script (1 KiB body)
+    kind: str = "http"  # "http": wrk drives it; "ws": the WebSocket echo client does
 
     @property
     def app_attr(self) -> str:
@@ -37,6 +38,7 @@ SCENARIOS: dict[str, Scenario] = {
     "json": Scenario("json", "small JSON (~100 B)"),
     "stream": Scenario("stream", "64 KiB in 16 chunks"),
     "echo": Scenario("echo", "1 KiB POST echo", post=True),
+    "ws": Scenario("ws", "WebSocket echo (32 B text)", kind="ws"),
 }
 
 
@@ -59,12 +61,22 @@ def post_script(workdir: Path) -> Path:
     return path
 
 
+def _drive(server: ServerProcess, scenario: Scenario, load: LoadSettings, duration_s: float,
+           script: Path | None) -> tuple[dict[str, Any], str]:
+    """One load run against ``server``: wrk for HTTP, the echo client for WebSockets."""
+    if scenario.kind == "ws":
+        return ws_load.run(f"ws://{HOST}:{server.port}/echo", duration_s=duration_s, cpus=load.wrk_cpus)
+    result, raw = wrk.run(server.url, connections=load.connections, duration_s=duration_s, script=script,
+                          cpus=load.wrk_cpus)
+    return result.as_dict(), raw
+
+
 def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: Path,
             rep: int) -> dict[str, Any]:
-    """Serve ``scenario`` with ``spec``, run wrk once, and return every figure of the run."""
+    """Serve ``scenario`` with ``spec``, run the load once, and return every figure of the run."""
     row: dict[str, Any] = {
         "scenario": scenario.name, "server": spec.key, "label": spec.label, "family": spec.family,
-        "http": spec.http, "workers": spec.workers, "access_log": spec.access_log,
+        "http": spec.http, "ws": spec.ws, "workers": spec.workers, "access_log": spec.access_log,
         "server_cpus": spec.cpus, "rep": rep, "ok": False, "error": None,
     }
     script = post_script(workdir) if scenario.post else None
@@ -74,37 +86,37 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
         if spec.workers > 1:
             server.wait_processes(spec.workers + 1, timeout=load.start_timeout_s)
         if load.warmup_s > 0:
-            wrk.run(server.url, connections=load.connections, duration_s=load.warmup_s, script=script,
-                    cpus=load.wrk_cpus)
+            _drive(server, scenario, load, load.warmup_s, script)
         server.check_alive()
         row["processes"] = len(server.processes())
         cpu_before = server.cpu_seconds()
         wall_before = time.perf_counter()
-        result, raw = wrk.run(server.url, connections=load.connections, duration_s=load.duration_s,
-                              script=script, cpus=load.wrk_cpus)
+        figures, raw = _drive(server, scenario, load, load.duration_s, script)
         wall = time.perf_counter() - wall_before
         cpu = server.cpu_seconds() - cpu_before
         server.check_alive()
-    except (ServerStartError, wrk.WrkError) as exc:
+    except (ServerStartError, wrk.WrkError, ws_load.WsLoadError) as exc:
         row["error"] = str(exc)
         return row
     finally:
         server.stop()
-    row.update(result.as_dict())
+    row.update(figures)
+    requests = figures["requests"]
     row["wall_s"] = wall
     row["cpu_s"] = cpu
-    row["cpu_us_per_req"] = cpu / result.requests * 1e6 if result.requests else None
+    row["cpu_us_per_req"] = cpu / requests * 1e6 if requests else None
     row["cpu_util"] = cpu / wall if wall else None
-    row["p50_ms"] = result.latency_ms.get("p50")
-    row["p99_ms"] = result.latency_ms.get("p99")
-    row["wrk_output"] = raw
-    if result.requests == 0:
+    row["p50_ms"] = figures["latency_ms"].get("p50")
+    row["p99_ms"] = figures["latency_ms"].get("p99")
+    row["load_output"] = raw
+    if requests == 0:
         row["error"] = "no request completed"
-    elif result.errors:
+    elif figures["errors"]:
         # Errors are reported, and the figures kept: a server that fails requests cheaply is
         # not faster, so the table shows the error count beside its numbers.
         row["ok"] = True
-        row["error"] = f"{result.errors} failed requests ({result.non_2xx} non-2xx, sockets {result.socket_errors})"
+        row["error"] = (f"{figures['errors']} failed requests ({figures['non_2xx']} non-2xx, "
+                        f"sockets {figures['socket_errors']})")
     else:
         row["ok"] = True
     return row

@@ -92,7 +92,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "scenario": scenario, "server": server, "label": first["label"], "family": first["family"],
             "http": first["http"], "workers": first["workers"], "access_log": first["access_log"],
-            "runs": len(group), "ok_runs": len(good),
+            "ws": first.get("ws"), "runs": len(group), "ok_runs": len(good),
             "errors": sum(r.get("errors", 0) or 0 for r in group),
             "failure": next((r["error"] for r in group if not r["ok"]), None),
             "cpu_us_per_req": _stats(r.get("cpu_us_per_req") for r in good),
@@ -116,6 +116,8 @@ def _reference_key(row: dict[str, Any]) -> str:
     parts = ["uvicorn"]
     if row["http"] == "h11":
         parts.append("h11")
+    if row.get("ws"):
+        parts.append(row["ws"])
     if row["access_log"]:
         parts.append("log")
     if row["workers"] != 1:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.bench import probes, report, sections, wrk
+from tests.bench import probes, report, sections, wrk, ws_load
 from tests.bench.measure import SCENARIOS, LoadSettings, Scenario, measure
 from tests.bench.servers import ROOT, ServerSpec, granian_path, gunicorn_has_asgi
 
@@ -43,6 +43,13 @@ def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus:
     have_granian = granian_path() is not None
     have_gunicorn = gunicorn_has_asgi()
     for scenario in scenarios:
+        if scenario.kind == "ws":
+            if ws_load.available():
+                specs = [ServerSpec("corral", cpus=server_cpus), ServerSpec("uvicorn", cpus=server_cpus),
+                         ServerSpec("corral", ws="wsproto", cpus=server_cpus),
+                         ServerSpec("uvicorn", ws="wsproto", cpus=server_cpus)]
+                cases += [(scenario, spec) for spec in specs if spec.family in families]
+            continue
         specs = [ServerSpec("corral", cpus=server_cpus), ServerSpec("uvicorn", cpus=server_cpus)]
         if scenario.name == "hello":
             # The ceiling answers hello only; granian is the compiled reference, on the headline case.
@@ -164,6 +171,12 @@ def _notes(settings: dict[str, Any], families: Sequence[str], load_before: float
         f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after. With other work on the "
         "machine, req/s and latency move; CPU µs per request is the figure to trust.",
     ]
+    if "ws" in settings["scenarios"]:
+        notes.append(
+            f"ws rows: {ws_load.CLIENTS} clients of tests/bench/ws_echo.py (websockets on uvloop, pinned with wrk) "
+            f"send {ws_load.MESSAGE_SIZE}-byte text messages and wait for each echo; req/s is messages/s and CPU "
+            "µs/req is per message. The Python client is usually the bottleneck: compare CPU per message."
+            if ws_load.available() else "tests/bench/ws_echo.py is absent: no WebSocket rows.")
     if "granian" in families and granian_path() is None:
         notes.append("granian is not installed: its rows are absent (`pip install granian` adds them).")
     if "gunicorn" not in families:

@@ -1,9 +1,7 @@
 """Optional sections written by other benchmark modules, run when their file exists.
 
 ``tests/bench/zero_downtime.py`` (rolling restarts, scaling, max-requests and kills under
-load, corral against the alternatives) and ``tests/bench/ws_echo.py`` (WebSocket echo
-messages per second, corral against uvicorn) are separate modules with their own command
-lines. Each is run as ``python -m tests.bench.<name>`` in a subprocess with a deadline, so a
+load, corral against the alternatives) is a separate module with its own command line. It is run as ``python -m tests.bench.<name>`` in a subprocess with a deadline, so a
 crash or a hang there cannot take the main suite down. Its standard output (markdown) goes
 into the report as it is; when its ``--help`` offers ``--json PATH`` the file it writes is kept
 in the JSON results, and when it offers ``--quick`` that is passed on for a quick run.
@@ -26,8 +24,8 @@ ROOT = HERE.parents[1]
 
 OPTIONAL: dict[str, str] = {
     "zero_downtime": "Zero downtime: restarts and scaling under load",
-    "ws_echo": "WebSocket echo",
 }
+"""Modules run as whole sections. (``ws_echo`` is a load client: the ``ws`` scenario drives it.)"""
 
 
 def _env() -> dict[str, str]:

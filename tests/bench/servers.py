@@ -50,6 +50,7 @@ class ServerSpec:
     workers: int = 1
     access_log: bool = False
     cpus: str | None = "0"  # taskset CPU list for the whole tree; None: not pinned
+    ws: str | None = None  # --ws implementation (None: the server's default)
 
     @property
     def key(self) -> str:
@@ -57,6 +58,8 @@ class ServerSpec:
         parts = [self.family]
         if self.http == "h11":
             parts.append("h11")
+        if self.ws:
+            parts.append(self.ws)
         if self.access_log:
             parts.append("log")
         if self.workers != 1:
@@ -69,6 +72,8 @@ class ServerSpec:
         parts = [self.family]
         if self.http == "h11":
             parts.append("h11")
+        if self.ws:
+            parts.append(self.ws)
         if self.access_log:
             parts.append("access log")
         if self.workers != 1:
@@ -79,7 +84,7 @@ class ServerSpec:
         """The uvicorn configuration this one is compared with (same parser, workers, logging)."""
         http = self.http if self.http in ("httptools", "h11") else "httptools"
         return ServerSpec("uvicorn", http=http, workers=self.workers, access_log=self.access_log,
-                          cpus=self.cpus)
+                          cpus=self.cpus, ws=self.ws)
 
     def argv(self, app_attr: str, port: int) -> list[str]:
         """The command line serving ``tests.bench.apps:<app_attr>`` on ``HOST:port``."""
@@ -96,6 +101,7 @@ class ServerSpec:
                 # The access log is written at info level: with it on, info must be let through.
                 "--log-level", "info" if self.access_log else "warning",
                 "--access-log" if self.access_log else "--no-access-log",
+                *(["--ws", self.ws] if self.ws else []),
             ]
         elif self.family == "granian":
             argv = [
