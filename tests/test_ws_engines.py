@@ -341,3 +341,15 @@ def test_close_code_rules() -> None:
     assert all(sendable_close_code(c) for c in (1000, 1001, 1011, 1012, 3000, 4999))
     assert not any(sendable_close_code(c) for c in (999, 1004, 1005, 1006, 1015, 2000, 5000))
     assert truncate_reason("é" * 100).encode() == ("é" * 61).encode()
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_compressed_message_over_max_size_is_1009(name: str) -> None:
+    """A small compressed frame that inflates past max_size fails before it is inflated whole."""
+    offer = (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")
+    engine, _ = make(name, offer, max_size=10_000, deflate=True)
+    compressor = zlib.compressobj(wbits=-9)
+    bomb = compressor.compress(b"\x00" * 50_000_000) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert len(bomb) < 100_000
+    events = engine.receive_data(frame(BINARY, bomb[:-4], rsv1=True))
+    assert [type(e) for e in events] == [ProtocolError] and events[0].code == 1009

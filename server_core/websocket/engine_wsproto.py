@@ -14,6 +14,9 @@ handshake reads (so a long but legal head never trips h11's size limits).
 
 from __future__ import annotations
 
+import zlib
+from typing import Any
+
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -28,6 +31,7 @@ from wsproto.events import (
     Pong as WsprotoPong,
 )
 from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 from wsproto.utilities import ProtocolError as WsprotoError
 
@@ -52,6 +56,44 @@ _HANDSHAKE_HEADERS = (
     b"sec-websocket-extensions",
     b"sec-websocket-protocol",
 )
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that stops inflating a message once it passes ``max_size``.
+
+    wsproto inflates each received piece without an output limit, so a few
+    kilobytes of compressed zeros would become gigabytes before any size check
+    could see them. Here inflation is capped at the bytes the message may still
+    grow by, and going over fails the connection with 1009.
+    """
+
+    def __init__(self, max_size: int | None) -> None:
+        super().__init__()
+        self._max_size = max_size
+        self._inflated = 0  # bytes of the current message inflated so far
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        """Inflate one received piece, at most up to the message's size limit."""
+        decompressor = self._decompressor
+        if self._max_size is None or decompressor is None or not (
+                self._inbound_compressed and self._inbound_is_compressible):
+            return super().frame_inbound_payload_data(proto, data)
+        room = self._max_size - self._inflated
+        try:
+            # One byte over the room is enough to know the message is too big.
+            inflated = decompressor.decompress(bytes(data), room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(inflated)
+        if self._inflated > self._max_size:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        """End of a frame; the end of a message resets the count."""
+        if fin:
+            self._inflated = 0
+        return super().frame_inbound_complete(proto, fin)
 
 
 def handshake_request(head: RequestHead) -> bytes:
@@ -90,7 +132,7 @@ class WsprotoEngine:
 
     def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> bytes:
         """Return the 101 response; per-message-deflate if enabled and offered."""
-        extensions: list[Extension] = [PerMessageDeflate()] if self._deflate and self._offered_extensions else []
+        extensions: list[Extension] = [BoundedDeflate(self._max_size)] if self._deflate and self._offered_extensions else []
         try:
             data = self._conn.send(AcceptConnection(
                 subprotocol=subprotocol, extensions=extensions, extra_headers=list(headers)))

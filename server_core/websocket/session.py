@@ -19,6 +19,7 @@ Life of a session (``_phase``)::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 from collections import deque
@@ -101,6 +102,7 @@ class WebSocketSession(asyncio.Protocol):
         self._write_ready.set()
         self._chunked = False
 
+        self._started = self._loop.time() if state.access_log is not None else 0.0
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
@@ -125,7 +127,13 @@ class WebSocketSession(asyncio.Protocol):
             self._refuse(exc)
             return
         self._subprotocols = handshake.offered_subprotocols(self._head)
-        task = self._loop.create_task(self._run_asgi(self._scope()))
+        coro = self._run_asgi(self._scope())
+        if self._settings.reset_contextvars:
+            # A task copies the current context: create it inside an empty one
+            # so nothing set at import or in lifespan leaks into the app.
+            task = contextvars.Context().run(self._loop.create_task, coro)
+        else:
+            task = self._loop.create_task(coro)
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
         # Whoever had the transport may have paused it; we read from now on.
@@ -221,7 +229,13 @@ class WebSocketSession(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         engine = self._engine
         assert engine is not None
-        events = engine.receive_data(data)
+        try:
+            events = engine.receive_data(data)
+        except Exception:
+            # A bug in an engine must not leave a half-parsed connection open.
+            logger.error("WebSocket engine failed on received data", exc_info=True)
+            self._close_transport(INTERNAL_ERROR)
+            return
         out = engine.data_to_send()
         if out:
             self._write(out)
@@ -336,7 +350,10 @@ class WebSocketSession(asyncio.Protocol):
                 # Cancelled (the worker is stopping) or exiting: just close.
                 self.abort()
                 raise
-            logger.error("Exception in ASGI application", exc_info=exc)
+            # Sending on a closed WebSocket is how many apps learn it closed:
+            # not worth an error once the client is really gone.
+            if not (isinstance(exc, ClientDisconnected) and self._phase is CLOSED):
+                logger.error("Exception in ASGI application", exc_info=exc)
             self._app_failed()
         else:
             if result is not None:
@@ -501,4 +518,4 @@ class WebSocketSession(asyncio.Protocol):
         if access_log is not None:
             head = self._head
             access_log.log(self._client, head.method, head.raw_path, head.query_string,
-                           head.http_version, status, 0, 0.0)
+                           head.http_version, status, 0, self._loop.time() - self._started)
