@@ -2,14 +2,15 @@
 
 Usage::
 
-    python -m tests.bench.run [--quick] [--repeat N] [--duration S] [--only hello,json]
+    python -m tests.bench.run [--quick] [--repeat N] [--duration S] [--only hello,json,ws]
                               [--servers corral,uvicorn] [--json out.json]
 
 For every repetition, every scenario and every server configuration, one server tree is started
 on a free port under ``taskset -c 0``, warmed up, loaded by ``taskset -c 1 wrk`` and stopped.
 Repetitions are interleaved (rep 1 of everything, then rep 2…) so a slow phase of a shared
-machine hits every server alike. Then start-up time, idle memory and the optional sections
-(``zero_downtime``, ``ws_echo``) run. The markdown report goes to stdout and
+machine hits every server alike. The ``ws`` scenario runs when the
+``tests/bench/ws_echo.py`` client exists. Then start-up time, idle memory and the optional
+``zero_downtime`` section run. The markdown report goes to stdout and
 ``bench-results/latest.md``; every raw figure to ``bench-results/latest.json``.
 See docs/BENCHMARKS.md for what each column means.
 """
@@ -112,7 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-load", action="store_true", help="skip the load runs")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up probe")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probe")
-    parser.add_argument("--no-sections", action="store_true", help="skip zero_downtime and ws_echo")
+    parser.add_argument("--no-sections", action="store_true", help="skip the zero_downtime section")
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="raw results file")
     parser.add_argument("--markdown", type=Path, default=RESULTS / "latest.md", help="markdown report file")
     args = parser.parse_args(argv)
