@@ -77,7 +77,7 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
     row: dict[str, Any] = {
         "scenario": scenario.name, "server": spec.key, "label": spec.label, "family": spec.family,
         "http": spec.http, "ws": spec.ws, "workers": spec.workers, "access_log": spec.access_log,
-        "server_cpus": spec.cpus, "rep": rep, "ok": False, "error": None,
+        "server_cpus": spec.cpus, "reference": spec.reference().key, "rep": rep, "ok": False, "error": None,
     }
     script = post_script(workdir) if scenario.post else None
     server = ServerProcess(spec, scenario.app_attr, workdir / "logs")

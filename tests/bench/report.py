@@ -92,7 +92,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "scenario": scenario, "server": server, "label": first["label"], "family": first["family"],
             "http": first["http"], "workers": first["workers"], "access_log": first["access_log"],
-            "ws": first.get("ws"), "runs": len(group), "ok_runs": len(good),
+            "ws": first.get("ws"), "reference": first["reference"], "runs": len(group), "ok_runs": len(good),
             "errors": sum(r.get("errors", 0) or 0 for r in group),
             "failure": next((r["error"] for r in group if not r["ok"]), None),
             "cpu_us_per_req": _stats(r.get("cpu_us_per_req") for r in good),
@@ -103,26 +103,11 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         })
     by_key = {(r["scenario"], r["server"]): r for r in rows}
     for row in rows:
-        ref_key = _reference_key(row)
-        ref = by_key.get((row["scenario"], ref_key))
-        row["reference"] = ref_key
+        ref = by_key.get((row["scenario"], row["reference"]))
         row["vs_uvicorn"] = _ratio(row, ref, "cpu_us_per_req")
         row["rps_vs_uvicorn"] = _ratio(row, ref, "rps")
         row["p99_vs_uvicorn"] = _ratio(row, ref, "p99_ms")
     return rows
-
-
-def _reference_key(row: dict[str, Any]) -> str:
-    parts = ["uvicorn"]
-    if row["http"] == "h11":
-        parts.append("h11")
-    if row.get("ws"):
-        parts.append(row["ws"])
-    if row["access_log"]:
-        parts.append("log")
-    if row["workers"] != 1:
-        parts.append(f"{row['workers']}w")
-    return "-".join(parts)
 
 
 def _ratio(row: dict[str, Any], ref: dict[str, Any] | None, field: str) -> float | None:

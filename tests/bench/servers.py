@@ -52,36 +52,30 @@ class ServerSpec:
     cpus: str | None = "0"  # taskset CPU list for the whole tree; None: not pinned
     ws: str | None = None  # --ws implementation (None: the server's default)
 
-    @property
-    def key(self) -> str:
-        """A stable identifier: ``corral``, ``uvicorn-h11``, ``corral-log``, ``corral-2w``…"""
+    def _parts(self, log: str, workers: str) -> list[str]:
         parts = [self.family]
         if self.http == "h11":
             parts.append("h11")
         if self.ws:
             parts.append(self.ws)
         if self.access_log:
-            parts.append("log")
+            parts.append(log)
         if self.workers != 1:
-            parts.append(f"{self.workers}w")
-        return "-".join(parts)
+            parts.append(workers.format(self.workers))
+        return parts
+
+    @property
+    def key(self) -> str:
+        """A stable identifier: ``corral``, ``uvicorn-h11``, ``corral-log``, ``corral-2w``…"""
+        return "-".join(self._parts("log", "{}w"))
 
     @property
     def label(self) -> str:
         """What the report prints: ``corral``, ``corral h11``, ``uvicorn access log``, ``corral 2 workers``."""
-        parts = [self.family]
-        if self.http == "h11":
-            parts.append("h11")
-        if self.ws:
-            parts.append(self.ws)
-        if self.access_log:
-            parts.append("access log")
-        if self.workers != 1:
-            parts.append(f"{self.workers} workers")
-        return " ".join(parts)
+        return " ".join(self._parts("access log", "{} workers"))
 
     def reference(self) -> ServerSpec:
-        """The uvicorn configuration this one is compared with (same parser, workers, logging)."""
+        """The uvicorn configuration this one is compared with (same parser, ws, workers, logging)."""
         http = self.http if self.http in ("httptools", "h11") else "httptools"
         return ServerSpec("uvicorn", http=http, workers=self.workers, access_log=self.access_log,
                           cpus=self.cpus, ws=self.ws)
