@@ -185,7 +185,7 @@ def _notes(settings: dict[str, Any], families: Sequence[str], load_before: float
     elif gunicorn_has_asgi():
         notes.append("gunicorn rows are gunicorn's own ASGI worker (`-k asgi`), master and worker counted.")
     else:
-        notes.append("gunicorn ≥ 24 (with its asgi worker) is not installed: its rows are absent.")
+        notes.append("gunicorn with its asgi worker (`-k asgi`) is not installed: its rows are absent.")
     if not shutil.which("taskset"):
         notes.append("taskset is not installed: nothing was pinned, figures are noisier.")
     return notes

@@ -128,14 +128,12 @@ def granian_path() -> str | None:
 
 
 def gunicorn_has_asgi() -> bool:
-    """True when the installed gunicorn ships its own ASGI worker (``-k asgi``, gunicorn ≥ 24)."""
+    """True when the installed gunicorn ships its own ASGI worker (``-k asgi``)."""
     try:
-        from importlib import metadata
-
-        major = int(metadata.version("gunicorn").split(".")[0])
-    except (ImportError, ValueError, metadata.PackageNotFoundError):
+        from gunicorn.workers import SUPPORTED_WORKERS
+    except ImportError:
         return False
-    return major >= 24
+    return "asgi" in SUPPORTED_WORKERS
 
 
 def free_port() -> int:
