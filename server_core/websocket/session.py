@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +43,7 @@ from server_core.websocket.events import (
     sendable_close_code,
     truncate_reason,
 )
+from server_core.websocket.keepalive import KeepAlive
 
 logger = logging.getLogger("corral.error")
 
@@ -104,8 +104,8 @@ class WebSocketSession(asyncio.Protocol):
 
         self._started = self._loop.time() if state.access_log is not None else 0.0
         self._close_timer: asyncio.TimerHandle | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._pong_timer: asyncio.TimerHandle | None = None
+        self._keepalive = KeepAlive(self._loop, settings.ws_ping_interval, settings.ws_ping_timeout,
+                                    self._send_ping, self._ping_timed_out)
 
     # -- start -------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class WebSocketSession(asyncio.Protocol):
             elif type(event) is Bytes:
                 queue.append({"type": "websocket.receive", "bytes": event.data})
             elif type(event) is Pong:
-                self._pong_received()
+                self._keepalive.pong()
             elif type(event) is Close or type(event) is ProtocolError:
                 # Either the closing handshake completed or the engine failed
                 # the connection (its Close frame is written above); the
@@ -300,38 +300,19 @@ class WebSocketSession(asyncio.Protocol):
         self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._close_transport, code, reason)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._close_timer, self._ping_timer, self._pong_timer):
-            if timer is not None:
-                timer.cancel()
-        self._close_timer = self._ping_timer = self._pong_timer = None
+        self._keepalive.stop()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
 
     # -- keep-alive ----------------------------------------------------------------
 
-    def _schedule_ping(self) -> None:
-        interval = self._settings.ws_ping_interval
-        if interval:
-            self._ping_timer = self._loop.call_later(interval, self._send_ping)
-
-    def _send_ping(self) -> None:
-        if self._phase is not OPEN:
-            return
-        assert self._engine is not None
-        self._write(self._engine.send_ping(os.urandom(4)))
-        timeout = self._settings.ws_ping_timeout
-        # One deadline per outstanding silence: a new ping does not push back
-        # the deadline of an unanswered one, or a dead peer would never time out.
-        if timeout and self._pong_timer is None:
-            self._pong_timer = self._loop.call_later(timeout, self._ping_timed_out)
-        self._schedule_ping()
-
-    def _pong_received(self) -> None:
-        if self._pong_timer is not None:
-            self._pong_timer.cancel()
-            self._pong_timer = None
+    def _send_ping(self, payload: bytes) -> None:
+        if self._phase is OPEN and self._engine is not None:
+            self._write(self._engine.send_ping(payload))
 
     def _ping_timed_out(self) -> None:
         """The peer stopped answering: close 1011 without waiting for it."""
-        self._pong_timer = None
         if self._phase is not OPEN:
             return
         assert self._engine is not None
@@ -474,7 +455,7 @@ class WebSocketSession(asyncio.Protocol):
         self._write(response)
         self._phase = OPEN
         self._access(101)
-        self._schedule_ping()
+        self._keepalive.start()
         if self._pre_accept:
             early, self._pre_accept = bytes(self._pre_accept), bytearray()
             self._feed(early)
