@@ -116,6 +116,7 @@ class WebSocketSession(asyncio.Protocol):
         if state.stopping:
             # The worker is leaving: send the client to a worker that stays.
             self._write(handshake.simple_response(503, "Service Unavailable", self._default_headers()))
+            self._access(503)
             self._close_transport(GOING_AWAY)
             return
         try:
@@ -221,6 +222,7 @@ class WebSocketSession(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection now (the graceful timeout has passed)."""
         self._cancel_timers()
+        self._phase = CLOSED  # the app's sends fail from now on; connection_lost tells it 1006
         if not self._transport_closed:
             self._transport.abort()
 
@@ -314,6 +316,11 @@ class WebSocketSession(asyncio.Protocol):
     def _ping_timed_out(self) -> None:
         """The peer stopped answering: close 1011 without waiting for it."""
         if self._phase is not OPEN:
+            return
+        if self._read_paused:
+            # We stopped reading because the app lags behind: the pong may be
+            # sitting unread in the socket. Not the peer's fault; keep pinging.
+            self._keepalive.start()
             return
         assert self._engine is not None
         reason = "keepalive ping timeout"
