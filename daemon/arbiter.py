@@ -20,7 +20,7 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,6 +126,7 @@ class Roll:
     """A HUP roll in progress, and what to go back to if its first new worker fails."""
 
     generation: int
+    reason: str  # hup, upgrade
     previous_config: Any
     previous_floor: int
     previous_generation: int
@@ -140,12 +141,15 @@ class Arbiter:
     """The master's state and loop. Create, then :meth:`run` once."""
 
     def __init__(self, config: Any, listeners: list[Listener], *, notify: Notifier | None = None,
-                 app: Any = None, upgrade: Callable[[Arbiter], None] | None = None) -> None:
+                 app: Any = None, upgrade: Callable[[Arbiter], None] | None = None,
+                 on_roll_end: Callable[[bool, str], None] | None = None) -> None:
         self.config = config
         self.listeners = listeners
         self.notify: Notifier = notify or NullNotifier()
         self.preloaded_app = app
         self.upgrade = upgrade
+        # Told when a roll ends: (True, "") done or superseded, (False, error) aborted.
+        self.on_roll_end = on_roll_end
         self.watched: list[Watched] = []
         self.records: dict[int, WorkerRecord] = {}
         self.target = int(config.workers)
@@ -179,6 +183,9 @@ class Arbiter:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for sig in COMMANDS:
             signal.signal(sig, self._record_signal)
+        # A re-executed master (USR2) starts with these blocked so none is
+        # lost or fatal during the exec; now that they are handled, let them in.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(COMMANDS))
 
     def _record_signal(self, signum: int, _frame: object) -> None:
         # Only record: the loop does the work (no logging, no waitpid here).
@@ -351,7 +358,8 @@ class Arbiter:
         if self.stopping:
             return
         decision = plan(self.records.values(), target=self.target, floor=self.floor,
-                        gap_reason=self.vacancy, now=time.monotonic(), retry_at=self.retry_at)
+                        gap_reason=self.vacancy, now=time.monotonic(), retry_at=self.retry_at,
+                        roll_reason=self.roll.reason if self.roll else Reason.HUP.value)
         for reason in decision.spawn:
             self._spawn(reason)
         for pid, reason in decision.retire:
@@ -359,7 +367,7 @@ class Arbiter:
         if self.roll and not roll_pending(self.records.values(), self.floor) \
                 and counts(self.records.values())[0] >= self.target:
             log.info("roll_done", generation=self.roll.generation)
-            self.roll = None
+            self._end_roll(True, "")
             self.notify.ready()
         self._update_status()
 
@@ -404,7 +412,7 @@ class Arbiter:
             self.floor = self.roll.previous_floor
             self.generation = self.roll.previous_generation
             self.target = int(self.config.workers)
-            self.roll = None
+            self._end_roll(False, message)
             self.notify.ready()
         else:
             self.failures += 1
@@ -529,9 +537,19 @@ class Arbiter:
         self._reconfigure_logs(new)
         self.start_roll(new, Reason.HUP.value)
 
+    def _end_roll(self, ok: bool, error: str) -> None:
+        self.roll = None
+        if self.on_roll_end is not None:
+            callback, self.on_roll_end = self.on_roll_end, None
+            callback(ok, error)
+
     def start_roll(self, config: Any, reason: str) -> None:
         """Replace every worker by one of a new generation running ``config``, readiness-gated."""
-        self.roll = Roll(generation=self.generation + 1, previous_config=self.config,
+        if self.roll is not None:
+            # A new roll supersedes the running one; its new workers stay current.
+            log.info("roll_superseded", generation=self.roll.generation)
+            self._end_roll(True, "")
+        self.roll = Roll(generation=self.generation + 1, reason=reason, previous_config=self.config,
                          previous_floor=self.floor, previous_generation=self.generation)
         self.config = config
         self.generation = self.floor = self.roll.generation
@@ -619,33 +637,40 @@ class Arbiter:
         """CHLD: nothing to do here; every turn of the loop reaps."""
 
 
-def open_all(config: Any, inherited: dict[str, Any] | None) -> list[Listener]:
-    """The listeners: those handed over (upgrade), else systemd's plus ``config.binds``."""
+def open_all(config: Any, inherited: dict[str, Any] | None) -> tuple[list[Listener], bool]:
+    """The listeners, and whether systemd passed some: handed-over ones, systemd's, ``config.binds``."""
     if inherited is None:
         from daemon import systemd
 
         fds = systemd.listen_fds()
         if fds:
             binds, inherited = systemd.match_names(fds, config.binds, implicit=systemd.implicit_bind(config))
-            return open_listeners(systemd.listen_slice(config, binds), inherited)
-    return open_listeners(config, inherited)
+            return open_listeners(systemd.listen_slice(config, binds), inherited), True
+    return open_listeners(config, inherited), False
 
 
-def run_master(config: Any, *, notify: Notifier | None = None, inherited: dict[str, Any] | None = None,
-               adopted: Sequence[WorkerRecord] = (), upgrade: Callable[[Arbiter], None] | None = None) -> int:
+def run_master(config: Any, *, notify: Notifier | None = None) -> int:
     """Open the listeners, fork the workers and supervise them until stopped; the exit status.
 
-    The hooks are for systemd and the USR2 upgrade: ``notify`` (default: an
-    sd_notify client, a no-op without ``$NOTIFY_SOCKET``), ``inherited``
-    sockets by address, ``adopted`` workers of the previous image (replaced
-    by a readiness-gated roll at once) and the ``upgrade`` handler for USR2.
+    Also the second half of a USR2 upgrade: a re-executed master finds the
+    hand-off of the previous image (``daemon.upgrade.resume``), adopts its
+    listeners and workers, and rolls them onto the new code at once.
+    ``notify`` defaults to an sd_notify client (a no-op without ``$NOTIFY_SOCKET``).
     """
+    from daemon import upgrade
+
     if notify is None:
         from daemon.systemd import Notifier as SdNotifier
 
         notify = SdNotifier.from_environ()
+    resumed = upgrade.resume()
     try:
-        listeners = open_all(config, inherited)
+        if resumed is not None:
+            listeners, activated = open_all(resumed.listen_config(config), resumed.inherited)
+            resumed.claim_ownership(listeners)
+            activated = resumed.handoff.socket_activated
+        else:
+            listeners, activated = open_all(config, None)
     except ListenerError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return 1
@@ -667,11 +692,13 @@ def run_master(config: Any, *, notify: Notifier | None = None, inherited: dict[s
     if config.pid:
         pidfile.write(config.pid)
     log.info("master_started", pid=os.getpid(), workers=config.workers)
+    upgrader = resumed.upgrader if resumed is not None else upgrade.Upgrader(socket_activated=activated)
     try:
-        arbiter = Arbiter(config, listeners, notify=notify, app=app, upgrade=upgrade)
-        for record in adopted:
-            arbiter.adopt(record)
-        if adopted:
+        arbiter = Arbiter(config, listeners, notify=notify, app=app, upgrade=upgrader)
+        if resumed is not None:
+            for record in resumed.adopted:
+                arbiter.adopt(record)
+            arbiter.on_roll_end = lambda ok, error: upgrader.roll_finished(arbiter, ok, error)
             arbiter.start_roll(config, "upgrade")
         return arbiter.run()
     finally:

@@ -118,12 +118,12 @@ def is_current(record: WorkerRecord, floor: int) -> bool:
     return record.generation >= floor and record.replace_reason is None
 
 
-def doom_reason(record: WorkerRecord, floor: int) -> str | None:
+def doom_reason(record: WorkerRecord, floor: int, roll_reason: str = Reason.HUP.value) -> str | None:
     """Why a ready worker should be replaced, or None if it should stay."""
     if record.replace_reason is not None:
         return record.replace_reason
     if record.generation < floor:
-        return Reason.HUP.value
+        return roll_reason
     return None
 
 
@@ -136,7 +136,8 @@ class Plan:
 
 
 def plan(records: Iterable[WorkerRecord], *, target: int, floor: int, gap_reason: str,
-         now: float, retry_at: float | None = None, max_surge: int = MAX_SURGE) -> Plan:
+         now: float, retry_at: float | None = None, max_surge: int = MAX_SURGE,
+         roll_reason: str = Reason.HUP.value) -> Plan:
     """Decide what to spawn and whom to retire so that ``target`` current workers serve.
 
     ``floor`` is the oldest generation still counted as current (a HUP raises
@@ -145,11 +146,16 @@ def plan(records: Iterable[WorkerRecord], *, target: int, floor: int, gap_reason
     at a time, and a ready worker is retired only while the ready ones would
     still number at least ``target`` without it. Missing capacity (a crash, a
     TTIN, the first start) is spawned at once, with ``gap_reason``. No spawn
-    happens before ``retry_at`` (backoff after a failed boot).
+    happens before ``retry_at`` (backoff after a failed boot). A worker that
+    failed to boot holds its slot until it is reaped and its failure judged
+    (retry, abort the roll, give up), so a failure never spawns a twin at once.
     """
-    live = [r for r in records if r.state in (State.BOOTING, State.READY)]
+    def why(record: WorkerRecord) -> str | None:
+        return doom_reason(record, floor, roll_reason)
+
+    live = [r for r in records if r.state in (State.BOOTING, State.READY, State.FAILED)]
     serving = sorted((r for r in live if r.state is State.READY), key=lambda r: r.serial)
-    booting = [r for r in live if r.state is State.BOOTING]
+    booting = [r for r in live if r.state is not State.READY]
     current = sum(1 for r in live if is_current(r, floor))
 
     spawn: list[str] = []
@@ -163,7 +169,7 @@ def plan(records: Iterable[WorkerRecord], *, target: int, floor: int, gap_reason
         gap = max(0, empty - len(booting))
         surge = max(0, max_surge - max(0, len(booting) - empty))
         count = min(shortfall, gap + surge)
-        doomed = [doom_reason(r, floor) for r in serving if doom_reason(r, floor)]
+        doomed = [why(r) for r in serving if why(r)]
         uncovered = doomed[max(0, len(booting) - empty):]
         for i in range(count):
             if i < gap:
@@ -177,9 +183,9 @@ def plan(records: Iterable[WorkerRecord], *, target: int, floor: int, gap_reason
     excess = len(serving) - target
     retire: list[tuple[int, str]] = []
     if excess > 0:
-        ranked = sorted(serving, key=lambda r: (doom_reason(r, floor) is None, r.serial))
+        ranked = sorted(serving, key=lambda r: (why(r) is None, r.serial))
         for record in ranked[:excess]:
-            retire.append((record.pid, doom_reason(record, floor) or Reason.TTOU.value))
+            retire.append((record.pid, why(record) or Reason.TTOU.value))
     return Plan(spawn=tuple(spawn), retire=tuple(retire))
 
 

@@ -173,6 +173,19 @@ def test_roll_retires_the_oldest_old_worker_first() -> None:
     assert decision.retire == ((records[1].pid, "hup"),)
 
 
+def test_a_failed_boot_holds_its_slot_until_reaped() -> None:
+    # A boot-timed-out worker was SIGKILLed but not reaped yet: no twin is
+    # spawned before its failure is judged (which may abort the roll).
+    records = [worker(generation=1), worker(State.FAILED, generation=2)]
+    assert plan(records, target=1, floor=2, gap_reason="x", now=0).spawn == ()
+
+
+def test_the_roll_reason_names_the_replacements() -> None:
+    records = [worker(generation=1)]
+    decision = plan(records, target=1, floor=2, gap_reason="x", now=0, roll_reason="upgrade")
+    assert decision.spawn == ("upgrade",)
+
+
 def test_crash_during_roll_fills_the_gap_at_once_and_keeps_rolling() -> None:
     # target 2: one old still serving, one new booting, the other old just crashed.
     records = [worker(generation=1), worker(State.BOOTING, generation=2)]
