@@ -153,6 +153,11 @@ def test_a_second_usr2_while_one_is_in_flight_is_ignored(corral, src: Path, tmp_
     master = server.pid
     write_version(src, "2", hang=True)  # keeps the upgrade in flight until the boot deadline
     os.kill(master, signal.SIGUSR2)
+    # Two signals sent back to back merge into one pending signal, so the
+    # second is sent once the first upgrade is observably in flight: the new
+    # image is rolling onto workers that hang in their startup.
+    server.wait_log(upgrade.EVENT_ADOPTED, timeout=30)
+    server.wait_log("roll_started", timeout=30)
     os.kill(master, signal.SIGUSR2)
     server.wait_log(upgrade.EVENT_IGNORED, timeout=30)
     server.wait_log(upgrade.EVENT_ROLLBACK, timeout=60)
