@@ -159,6 +159,7 @@ class Arbiter:
         self.roll: Roll | None = None
         self.vacancy = Reason.START.value
         self.failures = 0  # consecutive failed boots while serving
+        self.on_hold = False  # --reload with a broken app: spawn nothing until the next HUP
         self.retry_at: float | None = None
         self.ever_ready = False
         self.announced_ready = False
@@ -355,7 +356,7 @@ class Arbiter:
 
     def _maintain(self) -> None:
         """Apply the plan: spawn what is missing, retire what is in excess."""
-        if self.stopping:
+        if self.stopping or self.on_hold:
             return
         decision = plan(self.records.values(), target=self.target, floor=self.floor,
                         gap_reason=self.vacancy, now=time.monotonic(), retry_at=self.retry_at,
@@ -388,7 +389,7 @@ class Arbiter:
         del self.records[record.pid]
         in_roll = self.roll is not None and record.generation == self.roll.generation
         verdict = exit_verdict(previous, ever_ready=self.ever_ready, stopping=bool(self.stopping),
-                               in_roll=in_roll)
+                               in_roll=in_roll, reloading=bool(self.config.reload))
         reason = record.drain_reason or (Reason.CRASH.value if verdict is Verdict.CRASH else "")
         self._transition(record, State.GONE, status=record.exit_status, reason=reason)
         if verdict is Verdict.CRASH:
@@ -405,6 +406,12 @@ class Arbiter:
             say(f"the application could not start: {message}")
             self.exit_status = EXIT_APP_FAILED
             self._stop("quit")
+        elif verdict is Verdict.WAIT:
+            log.error("boot_failed", pid=record.pid, status=record.exit_status, error=message,
+                      action="wait-for-change")
+            say(f"the application could not start, waiting for a change: {message}")
+            self.on_hold = True
+            self.roll = None
         elif verdict is Verdict.ABORT_ROLL and self.roll is not None:
             log.error("roll_aborted", generation=self.roll.generation, pid=record.pid, error=message)
             say(f"reload aborted, the previous workers keep serving: {message}")
@@ -555,7 +562,7 @@ class Arbiter:
         self.generation = self.floor = self.roll.generation
         self.target = int(config.workers)
         self.vacancy = reason
-        self.failures, self.retry_at = 0, None
+        self.failures, self.retry_at, self.on_hold = 0, None, False
         if config.limit_worker_memory and self.next_memory_sample is None:
             self.next_memory_sample = time.monotonic() + MEMORY_INTERVAL
         log.info("roll_started", generation=self.generation, workers=self.target, reason=reason)

@@ -220,22 +220,26 @@ class Verdict(str, enum.Enum):
     RETRY = "retry"  # a replacement failed to boot: retry after a backoff
     ABORT_ROLL = "abort-roll"  # a HUP's new worker failed to boot: keep the old generation
     GIVE_UP = "give-up"  # nothing ever served and a worker cannot boot: exit 3
+    WAIT = "wait"  # as GIVE_UP, but --reload: show the error, wait for the next change
 
 
-def exit_verdict(previous: State, *, ever_ready: bool, stopping: bool, in_roll: bool) -> Verdict:
+def exit_verdict(previous: State, *, ever_ready: bool, stopping: bool, in_roll: bool,
+                 reloading: bool = False) -> Verdict:
     """Classify the exit of a worker that was in state ``previous``.
 
     At first start a worker that cannot boot means the app cannot start
     (import error, lifespan failure, boot timeout); retrying would loop
     forever, so the master gives up. Once something has served, a failure is
     retried with backoff while the healthy workers carry on — except the new
-    worker of a roll (``in_roll``), whose failure stops the roll.
+    worker of a roll (``in_roll``), whose failure stops the roll. Under
+    ``--reload`` (``reloading``) the developer fixes the file instead: the
+    master waits for the next change rather than exit.
     """
     if stopping:
         return Verdict.EXPECTED
     if previous in (State.BOOTING, State.FAILED):
         if not ever_ready:
-            return Verdict.GIVE_UP
+            return Verdict.WAIT if reloading else Verdict.GIVE_UP
         return Verdict.ABORT_ROLL if in_roll else Verdict.RETRY
     if previous is State.READY:
         return Verdict.CRASH

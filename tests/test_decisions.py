@@ -265,6 +265,11 @@ def test_give_up_only_before_anything_served() -> None:
         assert exit_verdict(previous, ever_ready=True, stopping=False, in_roll=False) is Verdict.RETRY
 
 
+def test_under_reload_a_first_failure_waits_for_the_next_change() -> None:
+    verdict = exit_verdict(State.BOOTING, ever_ready=False, stopping=False, in_roll=False, reloading=True)
+    assert verdict is Verdict.WAIT
+
+
 def test_a_failed_boot_in_a_roll_aborts_it() -> None:
     assert exit_verdict(State.BOOTING, ever_ready=True, stopping=False, in_roll=True) is Verdict.ABORT_ROLL
 
