@@ -46,6 +46,9 @@ def test_echo_through_cli(corral: Callable[..., Corral], ws: str) -> None:
     server = corral("ws_echo:app", "--ws", ws)
     with ws_connect(server, "/scope?subprotocol=chat", subprotocols=["chat"]) as conn:
         assert conn.subprotocol == "chat"
+        # The default headers of every corral response are on the 101 too.
+        assert conn.response.headers["server"] == "corral"
+        assert len(conn.response.headers.get_all("date")) == 1
         scope = json.loads(conn.recv(timeout=TIMEOUT))
         assert scope["scheme"] == "ws" and scope["path"] == "/scope"
         conn.send("hello")

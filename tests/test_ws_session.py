@@ -146,13 +146,13 @@ def closed_code(ws: ClientConnection) -> tuple[int, str]:
 
 
 def raw_connect(server: Server, path: str = "/wait", *, key: bytes | None = None,
-                extra: bytes = b"") -> tuple[socket.socket, bytes, bytes]:
+                extra: bytes = b"", first: bytes = b"") -> tuple[socket.socket, bytes, bytes]:
     """Send a handshake by hand; return the socket, the response head and what followed."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
     key = key if key is not None else base64.b64encode(os.urandom(16))
     sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
                  b"Upgrade: websocket\r\nSec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
-                 + extra + b"\r\n")
+                 + extra + b"\r\n" + first)
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -522,3 +522,47 @@ def test_ws_none_answers_upgrade_as_http(serve: Callable[..., Server]) -> None:
     with pytest.raises(InvalidStatus) as info:
         client(server)
     assert info.value.response.status_code == 200
+
+
+@pytest.mark.parametrize("ws", ENGINES)
+def test_frames_sent_with_the_handshake_are_kept(serve: Callable[..., Server], ws: str) -> None:
+    """A client that sends its first frame in the same packet as the upgrade is not lost."""
+    server = serve(ws=ws)
+    sock, head, rest = raw_connect(server, "/echo", extra=b"", first=raw_frame(0x1, b"early bird"))
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101 ")
+        frames = read_frames(sock, rest, until=b"early bird")
+        assert frames == [(0x1, len(b"early bird"))]
+
+
+@pytest.mark.parametrize("ws", ENGINES)
+def test_client_gone_before_accept(serve: Callable[..., Server], ws: str) -> None:
+    server = serve(ws=ws)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    sock.sendall(b"GET /gate-accept HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                 b"Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    wait_until(server.sessions, TIMEOUT, "the session")
+    sock.close()
+    wait_until(lambda: not server.sessions(), TIMEOUT, "the session to unregister")
+    server.gate.set()  # the app's late accept fails quietly; its task ends
+    wait_until(lambda: not server.call(lambda: len(server.state.tasks)), TIMEOUT, "the app task to end")
+
+
+@pytest.mark.parametrize("ws", ENGINES)
+def test_silent_peer_does_not_hold_shutdown(serve: Callable[..., Server], ws: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that never answers our Close is cut off after the close timeout."""
+    from server_core.websocket import session as session_module
+
+    monkeypatch.setattr(session_module, "CLOSE_TIMEOUT", 0.5)
+    server = serve(ws=ws)
+    sock, head, rest = raw_connect(server, "/wait")
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101 ")
+        session = wait_until(server.sessions, TIMEOUT, "the session")[0]
+        server.call(lambda: session.shutdown(False))
+        assert read_until_close(sock, rest)[1] == 1001
+        # We never answer the Close: the server closes TCP on its own.
+        assert sock.recv(65536) == b""
+    wait_until(lambda: not server.sessions(), TIMEOUT, "the session to unregister")
+    wait_until(lambda: server.logged(("disconnect", 1001, "going away")), TIMEOUT, "the app's disconnect 1001")
