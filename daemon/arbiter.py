@@ -464,8 +464,10 @@ class Arbiter:
             if moment is not None and now >= moment and source.on_deadline():
                 self.unwatch(source)
         if self.next_memory_sample is not None and now >= self.next_memory_sample:
-            self.next_memory_sample = now + MEMORY_INTERVAL
-            self._sample_memory()
+            # A HUP may have removed the limit: then stop sampling.
+            self.next_memory_sample = now + MEMORY_INTERVAL if self.config.limit_worker_memory else None
+            if self.next_memory_sample is not None:
+                self._sample_memory()
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.next_watchdog = now + (self.notify.watchdog_interval or 1.0)
             if not self.stopping and counts(self.records.values())[0] >= 1:
