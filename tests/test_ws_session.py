@@ -566,3 +566,23 @@ def test_silent_peer_does_not_hold_shutdown(serve: Callable[..., Server], ws: st
         assert sock.recv(65536) == b""
     wait_until(lambda: not server.sessions(), TIMEOUT, "the session to unregister")
     wait_until(lambda: server.logged(("disconnect", 1001, "going away")), TIMEOUT, "the app's disconnect 1001")
+
+
+@pytest.mark.parametrize("ws", ENGINES)
+def test_no_ping_timeout_while_app_lags(serve: Callable[..., Server], ws: str) -> None:
+    """Reading paused for --ws-max-queue hides the peer's pongs: that is not the peer's fault."""
+    server = serve(ws=ws, ws_max_queue=2, ws_ping_interval=0.1, ws_ping_timeout=0.3)
+    message = b"m" * 65536
+    with client(server, "/gate") as conn:
+        session = wait_until(server.sessions, TIMEOUT, "the session")[0]
+        sender = threading.Thread(target=lambda: [conn.send(message) for _ in range(64)], daemon=True)
+        sender.start()
+        wait_until(lambda: server.call(lambda: session._read_paused), TIMEOUT, "reading to pause")
+        start = server.call(lambda: session._keepalive.pings)
+        # Many timeouts' worth of pings while paused, and the session stays open.
+        wait_until(lambda: server.call(lambda: session._keepalive.pings) >= start + 8, TIMEOUT, "pings")
+        assert server.call(lambda: session._phase) == "open"
+        server.gate.set()
+        for _ in range(64):
+            assert conn.recv(timeout=TIMEOUT) == message
+        sender.join(TIMEOUT)

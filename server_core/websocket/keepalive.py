@@ -25,7 +25,9 @@ class KeepAlive:
         self._timed_out = timed_out
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
-        self.pongs = 0  # pongs received (for observability and tests)
+        # Counters, for observability and tests.
+        self.pings = 0
+        self.pongs = 0
 
     @property
     def awaiting_pong(self) -> bool:
@@ -38,6 +40,7 @@ class KeepAlive:
             self._ping_timer = self._loop.call_later(self._interval, self._ping)
 
     def _ping(self) -> None:
+        self.pings += 1
         self._send_ping(os.urandom(4))
         # One deadline per silence: a later ping must not push back the
         # deadline of an unanswered one, or a dead peer would never time out
