@@ -725,3 +725,36 @@ def test_tls_scope_scheme_is_https(serve, tmp_path) -> None:
     finally:
         server.call(tls_server.close)
         tls_sock.close()
+
+
+def test_refused_upload_still_gets_its_answer(serve, clients) -> None:
+    """An app answering before reading a big upload: the client still reads the answer, no reset."""
+    server = serve(http_apps.no_read_reply)
+    client = clients(server.port)
+    total = 8 * 1024 * 1024
+    client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % total)
+    client.sock.setblocking(False)
+    sent = 0
+    chunk = b"u" * 65536
+    end = deadline(20)
+    answer = b""
+    # Keep uploading, as a client that does not look at the answer early would;
+    # the server reads and drops the rest after answering.
+    while sent < total and time.monotonic() < end:
+        readable, writable, _ = select.select([client.sock], [client.sock], [], 0.5)
+        if readable:
+            try:
+                data = client.sock.recv(65536)
+            except BlockingIOError:
+                data = b""
+            answer += data
+        if writable:
+            try:
+                sent += client.sock.send(chunk[: total - sent])
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                break
+    client.sock.setblocking(True)
+    client.buf = answer
+    status, headers, _ = client.response()
+    assert status == 413 and headers[b"connection"] == b"close"
+    assert client.closed()

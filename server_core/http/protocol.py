@@ -30,6 +30,9 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 # Pipelined requests parsed ahead of the one being served, before we stop reading.
 MAX_PIPELINE = 16
+# After answering a request whose body was not read: how long to keep reading
+# and dropping input before closing (see HTTPProtocol._linger).
+LINGER_SECONDS = 2.0
 
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
@@ -88,6 +91,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.closing = False  # shutdown asked: close after the current exchange
         self.retiring = False
         self.gone = False  # the transport is closed (or handed over)
+        self.lingering = False  # answered and half-closed; dropping input until close
         self.head_at: float | None = None  # when the first byte of a pending head arrived
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -125,6 +129,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client half-closed: finish what is pending, then close."""
+        if self.lingering:
+            return False
         for event in self.parser.eof():
             self._dispatch(event)
         # Keep the transport open for writing while something is still to be
@@ -139,6 +145,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse the bytes and dispatch the events they complete."""
+        if self.lingering:
+            return  # the rest of an unread body, after our answer: dropped
         events = self.parser.feed(data)
         for event in events:
             self._dispatch(event)
@@ -281,12 +289,16 @@ class HTTPProtocol(asyncio.Protocol):
         if cycle is not self.cycle:
             return
         self.cycle = None
-        if cycle is self.receiving and not cycle.body_complete:
+        unread = cycle is self.receiving and not cycle.body_complete
+        if unread:
             # The rest of that body would be parsed as nothing useful.
             self.receiving = None
         self.buffered -= cycle.body_size
         if broken or not cycle.keep_alive or self.gone:
-            self._close()
+            if unread and not broken:
+                self._linger()
+            else:
+                self._close()
             return
         self._next()
 
@@ -394,6 +406,8 @@ class HTTPProtocol(asyncio.Protocol):
         """Stop after the current exchange (see ``server_core.state.Connection``)."""
         self.closing = True
         self.retiring = retire
+        if self.lingering:
+            return  # closes by itself shortly
         if self.gone or self.cycle is not None or self.queue or self.parser.head_started or self.parser.in_body:
             return  # the response in progress (or to come) carries Connection: close
         if self._bytes_waiting():
@@ -425,6 +439,29 @@ class HTTPProtocol(asyncio.Protocol):
             return False
         finally:
             probe.detach()
+
+    def _linger(self) -> None:
+        """Close after answering a request whose body we did not read.
+
+        Closing a socket with unread bytes makes the kernel send a reset, and
+        a client still uploading may then lose the response it was sent. So we
+        half-close (FIN after the response), read and drop what still comes
+        for a moment, and only then close (RFC 9112 §9.6).
+        """
+        transport = self.transport
+        if self.gone or transport is None or not transport.can_write_eof():
+            self._close()
+            return
+        self.lingering = True
+        self.queue.clear()
+        transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = self.loop.time() + LINGER_SECONDS
+        self._timer = self.loop.call_at(self._timer_when, self._close)
 
     def _close(self) -> None:
         if not self.gone and self.transport is not None:
