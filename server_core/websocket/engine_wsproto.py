@@ -4,7 +4,7 @@ wsproto streams data frames in pieces as bytes arrive and validates UTF-8
 itself; this adapter reassembles pieces into whole messages, answers pings
 (wsproto leaves that to its user), enforces ``max_size`` (wsproto has no
 limit: a message growing past it fails the connection with 1009 before it is
-buffered whole) and tells a peer's Close apart from wsproto's own parse
+buffered whole, and :class:`BoundedDeflate` caps inflation the same way) and tells a peer's Close apart from wsproto's own parse
 failure, which it also reports as a ``CloseConnection``.
 
 wsproto performs the opening handshake with its own h11 parser; it is given a
@@ -32,7 +32,6 @@ from wsproto.events import (
 )
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import LocalProtocolError
 from wsproto.utilities import ProtocolError as WsprotoError
 
 from server_core.state import RequestHead
@@ -132,11 +131,13 @@ class WsprotoEngine:
 
     def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> bytes:
         """Return the 101 response; per-message-deflate if enabled and offered."""
-        extensions: list[Extension] = [BoundedDeflate(self._max_size)] if self._deflate and self._offered_extensions else []
+        extensions: list[Extension] = []
+        if self._deflate and self._offered_extensions:
+            extensions.append(BoundedDeflate(self._max_size))
         try:
             data = self._conn.send(AcceptConnection(
                 subprotocol=subprotocol, extensions=extensions, extra_headers=list(headers)))
-        except LocalProtocolError as exc:
+        except WsprotoError as exc:
             raise HandshakeError(400, str(exc)) from exc
         self.extensions = _response_header(data, b"sec-websocket-extensions")
         return data
