@@ -23,8 +23,31 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("corral.error")
 
-ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.4"}
 _DISCONNECT = {"type": "http.disconnect"}
+
+
+def http_scope(head: RequestHead, client: tuple[str, int] | None, server: tuple[str, int] | None,
+               scheme: str, root_path: str, app_state: dict[str, Any]) -> dict[str, Any]:
+    """The ASGI ``http`` scope of one request (client/server/scheme already proxy-resolved).
+
+    As uvicorn and ASGI 2.4: ``path`` and ``raw_path`` include ``root_path``;
+    ``state`` is a shallow copy of the lifespan state.
+    """
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": head.http_version,
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "method": head.method,
+        "root_path": root_path,
+        "path": root_path + head.path if root_path else head.path,
+        "raw_path": root_path.encode("ascii") + head.raw_path if root_path else head.raw_path,
+        "query_string": head.query_string,
+        "headers": head.headers,
+        "state": app_state.copy(),
+    }
 
 
 class ClientDisconnected(OSError):

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any, cast
 
 from server_core.http import make_parser
-from server_core.http.cycle import RequestCycle
+from server_core.http.cycle import RequestCycle, http_scope
 from server_core.http.events import Body, EndOfMessage, ParseError
 from server_core.http.response import simple_response
 from server_core.proxy import ProxyTrust
@@ -188,22 +188,7 @@ class HTTPProtocol(asyncio.Protocol):
         client, server, scheme = self.client, self.server, self.scheme
         if self.trust is not None:
             client, server, scheme = self.trust.resolve_all(client, server, scheme, head.headers)
-        root = settings.root_path
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": head.http_version,
-            "server": server,
-            "client": client,
-            "scheme": scheme,
-            "method": head.method,
-            "root_path": root,
-            "path": root + head.path if root else head.path,
-            "raw_path": root.encode("ascii") + head.raw_path if root else head.raw_path,
-            "query_string": head.query_string,
-            "headers": head.headers,
-            "state": state.app_state.copy(),
-        }
+        scope = http_scope(head, client, server, scheme, settings.root_path, state.app_state)
         cycle = RequestCycle(self, head, scope)
         self.receiving = cycle
         if self.cycle is None and not self.queue:
