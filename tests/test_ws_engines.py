@@ -28,7 +28,7 @@ from server_core.websocket.events import (
     sendable_close_code,
     truncate_reason,
 )
-from server_core.websocket.handshake import check_request, offered_subprotocols
+from server_core.websocket.handshake import DenialResponse, check_request, offered_subprotocols
 
 ENGINES = ["websockets", "wsproto"]
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -353,3 +353,17 @@ def test_compressed_message_over_max_size_is_1009(name: str) -> None:
     assert len(bomb) < 10_000  # 500 times the limit once inflated
     events = engine.receive_data(frame(BINARY, bomb[:-4], rsv1=True))
     assert [type(e) for e in events] == [ProtocolError] and events[0].code == 1009
+
+
+def test_denial_response_framing() -> None:
+    chunked = DenialResponse(403, [(b"Content-Type", b"text/plain")], [(b"server", b"corral")])
+    assert chunked.head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert b"server: corral\r\n" in chunked.head and b"content-type: text/plain\r\n" in chunked.head
+    assert b"transfer-encoding: chunked\r\n" in chunked.head and chunked.head.endswith(b"connection: close\r\n\r\n")
+    assert chunked.body(b"denied", True) == b"6\r\ndenied\r\n"
+    assert chunked.body(b"", False) == b"0\r\n\r\n"
+    sized = DenialResponse(401, [(b"content-length", b"2")], [])
+    assert b"transfer-encoding" not in sized.head
+    assert sized.body(b"no", False) == b"no"
+    with pytest.raises(RuntimeError):
+        DenialResponse(400, [(b"x-evil", b"a\r\nset-cookie: b")], [])

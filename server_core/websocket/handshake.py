@@ -119,3 +119,33 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+class DenialResponse:
+    """The HTTP response of the ASGI ``websocket.http.response`` extension, as bytes.
+
+    The application streams the body (``more_body``); without a
+    ``content-length`` of its own the body is chunked so the client knows where
+    it ends. The connection closes after it either way (``connection: close``).
+    """
+
+    def __init__(self, status: int, app_headers: Iterable[tuple[bytes, bytes]],
+                 default_headers: Iterable[tuple[bytes, bytes]]) -> None:
+        headers = list(default_headers)
+        has_length = False
+        for name, value in app_headers:
+            name = bytes(name).lower()
+            has_length = has_length or name == b"content-length"
+            headers.append((name, bytes(value)))
+        self.chunked = not has_length
+        if self.chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        headers.append((b"connection", b"close"))
+        self.status = status
+        self.head = response_head(status, headers)
+
+    def body(self, data: bytes, more: bool) -> bytes:
+        """The bytes for one ``websocket.http.response.body`` message."""
+        if not self.chunked:
+            return data
+        return chunk(data) + (b"" if more else LAST_CHUNK)

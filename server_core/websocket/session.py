@@ -97,10 +97,10 @@ class WebSocketSession(asyncio.Protocol):
         self._low_water = (self._max_queue or 0) // 2
         self._read_paused = False
 
-        # Send side: write flow control and the denial response's framing.
+        # Send side: write flow control and the denial response, if any.
         self._write_ready = asyncio.Event()
         self._write_ready.set()
-        self._chunked = False
+        self._denial: handshake.DenialResponse | None = None
 
         self._started = self._loop.time() if state.access_log is not None else 0.0
         self._close_timer: asyncio.TimerHandle | None = None
@@ -471,31 +471,16 @@ class WebSocketSession(asyncio.Protocol):
 
     def _start_response(self, message: dict[str, Any]) -> None:
         """websocket.http.response.start: the denial response's head."""
-        headers = self._default_headers()
-        has_length = False
-        for name, value in message.get("headers") or ():
-            name = bytes(name).lower()
-            has_length = has_length or name == b"content-length"
-            headers.append((name, bytes(value)))
-        # Without a length, the body is chunked so the client knows where it
-        # ends; the connection closes after it either way.
-        self._chunked = not has_length
-        if self._chunked:
-            headers.append((b"transfer-encoding", b"chunked"))
-        headers.append((b"connection", b"close"))
-        status = int(message["status"])
-        self._write(handshake.response_head(status, headers))
+        self._denial = handshake.DenialResponse(int(message["status"]), message.get("headers") or (),
+                                                self._default_headers())
+        self._write(self._denial.head)
         self._phase = RESPONDING
-        self._access(status)
+        self._access(self._denial.status)
 
     async def _send_body(self, message: dict[str, Any]) -> None:
-        body = message.get("body") or b""
+        assert self._denial is not None
         more = bool(message.get("more_body", False))
-        if self._chunked:
-            data = handshake.chunk(body) + (b"" if more else handshake.LAST_CHUNK)
-        else:
-            data = body
-        self._write(data)
+        self._write(self._denial.body(message.get("body") or b"", more))
         if not more:
             self._close_transport(NORMAL_CLOSURE)
         elif not self._write_ready.is_set():
