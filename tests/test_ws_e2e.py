@@ -7,8 +7,11 @@ client must stop answering, a raw socket.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support import FACTOR, Corral, wait_until
+from tests.test_ws_session import read_until_close
 
 ENGINES = ["websockets", "wsproto", "websockets-sansio"]
 TIMEOUT = 15 * FACTOR
@@ -123,3 +127,23 @@ def test_open_websocket_closed_on_restart_and_stop(corral: Callable[..., Corral]
     if sig == signal.SIGTERM:
         # An open WebSocket does not hold the stop for the 60 s graceful timeout.
         assert server.wait_exit(timeout=20) == 0
+
+
+@pytest.mark.parametrize("ws", ["websockets", "wsproto"])
+def test_ping_options_through_cli(corral: Callable[..., Corral], ws: str) -> None:
+    """--ws-ping-interval/--ws-ping-timeout reach the worker: a silent peer is closed 1011."""
+    server = corral("ws_echo:app", "--ws", ws, "--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.5")
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                     b"Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) + b"\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "closed during the handshake"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        opcodes, code = read_until_close(sock, rest)  # we never answer the pings
+        assert 0x9 in opcodes and code == 1011
+    server.wait_log("ws-disconnect 1011 keepalive ping timeout")
