@@ -27,7 +27,7 @@ class HttptoolsParser(MessageReader):
         self._body: list[bytes] = []
         self._headers_done = False
         self._complete = False
-        self._upgraded = False
+        self._upgraded = True  # no parser yet: _start_message makes one
         self._start_message()
 
     # -- llhttp callbacks (called from inside feed_data) -----------------------
@@ -54,9 +54,10 @@ class HttptoolsParser(MessageReader):
     # -- MessageReader hooks ---------------------------------------------------
 
     def _start_message(self) -> None:
-        # A fresh llhttp per request costs about a microsecond and means no
-        # state (an upgrade pause, a closed connection) leaks between requests.
-        self._parser = httptools.HttpRequestParser(self)
+        # llhttp readies itself for the next keep-alive request; only after an
+        # upgrade pause (or before the first request) is a fresh one needed.
+        if self._upgraded:
+            self._parser = httptools.HttpRequestParser(self)
         self._url = []
         self._headers = []
         self._headers_done = False
