@@ -165,8 +165,10 @@ class RequestCycle:
             # Nothing reached the client yet: a clean 500 is still possible.
             self.keep_alive = False
             self.status = 500
-            self.protocol.write(resp.simple_response(500, "Internal Server Error", self.protocol.defaults()))
+            body = resp.simple_response(500, "Internal Server Error", self.protocol.defaults())
+            self.protocol.write(body)
             self.protocol.response_complete(self)
+            self._log_access()
         else:
             self.keep_alive = False
             self.protocol.response_complete(self, broken=True)
@@ -274,6 +276,9 @@ class RequestCycle:
         self.complete = True
         self._wake()
         self.protocol.response_complete(self)
+        self._log_access()
+
+    def _log_access(self) -> None:
         access_log = self.protocol.state.access_log
         if access_log is not None:
             head = self.head
