@@ -21,7 +21,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.load import Load
-from tests.support import ROOT, Corral, Proc, free_port, port_answers, require_tool, wait_until
+from tests.support import FACTOR, ROOT, Corral, Proc, free_port, port_answers, require_tool, wait_until
 
 SHIPPED = ROOT / "etc" / "nginx.conf"
 
@@ -190,3 +190,58 @@ def test_hup_roll_behind_nginx_has_no_failed_request(stack: Stack) -> None:
     assert report.failed == 0, report.summary()
     assert served_after and not served_after & old, report.summary()
     assert stack.corral.popen.poll() is None
+
+
+def test_usr2_upgrade_behind_nginx_keeps_the_unix_socket(stack: Stack) -> None:
+    """The in-place upgrade hands the UNIX socket over: same file, same master, no failed request."""
+    master = stack.corral.pid
+    uds = stack.corral.argv[stack.corral.argv.index("--uds") + 1]
+    inode = os.stat(uds).st_ino
+
+    def two_workers() -> set[int] | None:
+        pids = _worker_pids(master)
+        return pids if len(pids) == 2 else None
+
+    old = wait_until(two_workers, 20, "two corral workers", alive=stack.corral.dead)
+    with Load(stack.url + "/pid", clients=4, duration=90) as load:
+        load.wait_successes(50)
+        os.kill(master, signal.SIGUSR2)
+
+        def upgraded() -> bool:
+            pids = _worker_pids(master)
+            return len(pids) == 2 and not (pids & old)
+
+        def failed() -> str | None:
+            output = stack.corral.output()
+            for event in ("upgrade_rollback", "upgrade_unavailable"):
+                if event in output:
+                    return f"corral logged {event}:\n{output[-3000:]}"
+            return stack.corral.dead()
+
+        wait_until(upgraded, 90, "the upgraded master's workers replacing the old ones", alive=failed,
+                   interval=0.05)
+        mark = load.snapshot()
+        load.wait_successes(50)
+        served_after = {int(pid) for pid in load.pids_since(mark)}
+    report = load.report
+    assert report.failed == 0, report.summary()
+    assert served_after and not served_after & old, report.summary()
+    assert os.stat(uds).st_ino == inode  # the very socket nginx connects to, never re-created
+    assert stack.corral.popen.poll() is None
+
+
+def test_websocket_through_nginx_is_closed_1012_by_a_roll(stack: Stack) -> None:
+    """A HUP roll closes an open WebSocket with 1012 (service restart) through nginx; a new one works."""
+    from websockets.exceptions import ConnectionClosed
+
+    master = stack.corral.pid
+    with ws_connect(f"ws://127.0.0.1:{stack.port}/ws", open_timeout=10, close_timeout=5) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "before"
+        os.kill(master, signal.SIGHUP)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=60 * FACTOR)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
+    with ws_connect(f"ws://127.0.0.1:{stack.port}/ws", open_timeout=10, close_timeout=5) as ws:
+        ws.send("after")
+        assert ws.recv(timeout=10) == "after"
