@@ -367,3 +367,26 @@ def test_denial_response_framing() -> None:
     assert sized.body(b"no", False) == b"no"
     with pytest.raises(RuntimeError):
         DenialResponse(400, [(b"x-evil", b"a\r\nset-cookie: b")], [])
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("deflate", [False, True])
+def test_garbage_never_raises(name: str, deflate: bool) -> None:
+    """Random bytes (and random valid-looking frames) only ever give neutral events."""
+    import random
+
+    rng = random.Random(6455)
+    offer = (b"sec-websocket-extensions", b"permessage-deflate")
+    for _ in range(300):
+        engine, _ = make(name, offer, max_size=4096, deflate=deflate)
+        for _ in range(rng.randint(1, 5)):
+            if rng.random() < 0.5:
+                data = rng.randbytes(rng.randint(1, 300))
+            else:
+                data = frame(rng.randint(0, 15), rng.randbytes(rng.randint(0, 200)) if rng.random() < 0.5 else b"",
+                             fin=rng.random() < 0.7, mask=rng.random() < 0.9, rsv1=rng.random() < 0.3)
+            events = engine.receive_data(data)
+            engine.data_to_send()
+            assert all(isinstance(e, Text | Bytes | Pong | Close | ProtocolError) for e in events)
+            if any(isinstance(e, Close | ProtocolError) for e in events):
+                break
