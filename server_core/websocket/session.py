@@ -57,8 +57,6 @@ PRE_ACCEPT_BUFFER = 64 * 1024
 
 CONNECTING, OPEN, CLOSING, RESPONDING, CLOSED = "connecting", "open", "closing", "responding", "closed"
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-
 EngineFactory = Callable[..., Engine]
 
 
@@ -146,7 +144,7 @@ class WebSocketSession(asyncio.Protocol):
         root_path = self._settings.root_path
         return {
             "type": "websocket",
-            "asgi": ASGI_VERSION,
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": head.http_version,
             "scheme": self._scheme,
             "server": self._server,
