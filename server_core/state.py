@@ -7,12 +7,14 @@ and handed to each protocol instance. Protocols register themselves in
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server_core.settings import ServerSettings
+
+if TYPE_CHECKING:  # the sans-I/O parsers import RequestHead from here
+    import asyncio
 
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
