@@ -235,6 +235,12 @@ def test_websocket_through_nginx_is_closed_1012_by_a_roll(stack: Stack) -> None:
     from websockets.exceptions import ConnectionClosed
 
     master = stack.corral.pid
+
+    def two_workers() -> set[int] | None:
+        pids = _worker_pids(master)
+        return pids if len(pids) == 2 else None
+
+    old = wait_until(two_workers, 20, "two corral workers", alive=stack.corral.dead)
     with ws_connect(f"ws://127.0.0.1:{stack.port}/ws", open_timeout=10, close_timeout=5) as ws:
         ws.send("before")
         assert ws.recv(timeout=10) == "before"
@@ -242,6 +248,10 @@ def test_websocket_through_nginx_is_closed_1012_by_a_roll(stack: Stack) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=60 * FACTOR)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
+    # Until the roll is over, a new connection may land on an old worker that
+    # retires next (and closes it with 1012 as well): reconnect after it.
+    wait_until(lambda: (pids := _worker_pids(master)) and len(pids) == 2 and not pids & old, 60,
+               "both workers replaced after HUP", alive=stack.corral.dead, interval=0.05)
     with ws_connect(f"ws://127.0.0.1:{stack.port}/ws", open_timeout=10, close_timeout=5) as ws:
         ws.send("after")
         assert ws.recv(timeout=10) == "after"
