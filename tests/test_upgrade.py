@@ -83,7 +83,8 @@ def test_usr2_under_load_serves_new_code_with_zero_failures(corral, src: Path, t
     server = start(corral, src, tmp_path)
     master = server.pid
     pidfile = tmp_path / "corral.pid"
-    wait_until(lambda: len(children(master)) == 2, 20, "two workers", alive=server.dead)
+    # Both workers have imported the app (ready) before the test rewrites it.
+    server.wait_log("worker_ready", count=2)
     old_workers = children(master)
     assert pidfile.read_text().strip() == str(master)
     write_version(src, "2")
@@ -108,7 +109,8 @@ def test_usr2_under_load_serves_new_code_with_zero_failures(corral, src: Path, t
 def test_usr2_rollback_when_the_new_code_fails_to_import(corral, src: Path, tmp_path: Path) -> None:
     server = start(corral, src, tmp_path)
     master = server.pid
-    wait_until(lambda: len(children(master)) == 2, 20, "two workers", alive=server.dead)
+    # Both workers have imported the app (ready) before the test rewrites it.
+    server.wait_log("worker_ready", count=2)
     old_workers = children(master)
     write_version(src, "2", broken=True)
     with Load(server.url, clients=4, duration=120) as load:
@@ -132,7 +134,8 @@ def test_usr2_rollback_when_the_new_startup_hangs(corral, src: Path, tmp_path: P
     server = corral("upg_app:app", "--app-dir", str(src), "--workers", "2", "--pid", str(tmp_path / "corral.pid"),
                     "--timeout-worker-boot", "3", app_dir=False)
     master = server.pid
-    wait_until(lambda: len(children(master)) == 2, 20, "two workers", alive=server.dead)
+    # Both workers have imported the app (ready) before the test rewrites it.
+    server.wait_log("worker_ready", count=2)
     old_workers = children(master)
     write_version(src, "2", hang=True)  # imports fine (the preflight passes); lifespan never completes
     with Load(server.url, clients=4, duration=120) as load:
@@ -151,6 +154,7 @@ def test_a_second_usr2_while_one_is_in_flight_is_ignored(corral, src: Path, tmp_
     server = corral("upg_app:app", "--app-dir", str(src), "--workers", "1", "--timeout-worker-boot", "5",
                     app_dir=False)
     master = server.pid
+    server.wait_log("worker_ready")
     write_version(src, "2", hang=True)  # keeps the upgrade in flight until the boot deadline
     os.kill(master, signal.SIGUSR2)
     # Two signals sent back to back merge into one pending signal, so the
@@ -213,7 +217,8 @@ def test_usr2_under_supervisord_keeps_the_same_child(procs, src: Path, tmp_path:
 
     wait_until(lambda: get(url + "/version") == "1", 30, "corral under supervisord", alive=sv.dead)
     master = int(ctl("pid", "corral"))
-    wait_until(lambda: len(children(master)) == 2, 20, "two workers", alive=sv.dead)
+    wait_until(lambda: (tmp_path / "corral.log").read_text().count("worker_ready") >= 2, 20, "two ready workers",
+               alive=sv.dead)
     old_workers = children(master)
     write_version(src, "2")
     with Load(url, clients=4, duration=120) as load:
