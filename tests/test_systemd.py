@@ -385,3 +385,38 @@ def test_watchdog_pings_at_half_the_period(tmp_path: Path, short_tmp: Path, proc
         assert proc.wait_exit(30) == 0
     finally:
         notify.close()
+
+
+def test_bind_fd_name_selects_a_systemd_socket_by_name(tmp_path: Path, procs) -> None:
+    """`--bind fd://web` is satisfied by the passed socket named web; an unknown name is one clear line, exit 1.
+
+    Needs daemon.config.parse_bind to accept a non-numeric fd://NAME (the lead's wiring).
+    """
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    try:
+        def start(name: str, bind: str) -> Proc:
+            argv = [sys.executable, str(APPS / "sd_harness.py"), "activate", "web", str(sock.fileno()), "--",
+                    sys.executable, "-m", "daemon", "sd_app:app", "--app-dir", str(APPS), "--bind", bind]
+            return procs(argv, name=name, pass_fds=[sock.fileno()])
+
+        good = start("named", "fd://web")
+        wait_until(lambda: _connects(port) and _answers(port), 30, "corral on the socket named web",
+                   alive=good.dead)
+        assert not re.search(r":8000\b", _listening_lines(good.output()))
+        good.signal(signal.SIGTERM)
+        assert good.wait_exit(30) == 0
+        bad = start("unnamed", "fd://api")
+        assert bad.wait_exit(30) == 1
+        assert "no socket named 'api'" in bad.output()
+    finally:
+        sock.close()
+
+
+def _answers(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
