@@ -37,6 +37,10 @@ log = structlog.get_logger("corral.master")
 
 DEFAULT_INCLUDES = ("*.py",)
 DEFAULT_EXCLUDES = (".*", ".py[cod]", ".sw.*", "~*")
+# uvicorn's default excludes name compiled and editor swap files by their
+# suffix; as glob patterns they would only match a file called ".pyc". They
+# also exclude by suffix here, so `--reload-include '*'` still skips them.
+SUFFIX_FORMS = {".py[cod]": "*.py[cod]", ".sw.*": "*.sw?"}
 
 
 def resolve_patterns(includes: Sequence[str], excludes: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -54,7 +58,7 @@ class PathFilter:
     def __init__(self, roots: Sequence[Path], includes: Sequence[str], excludes: Sequence[str]) -> None:
         self.roots = [root.resolve() for root in roots]
         self.includes = list(includes)
-        self.excludes = list(excludes)
+        self.excludes = [*excludes, *(SUFFIX_FORMS[p] for p in excludes if p in SUFFIX_FORMS)]
 
     def _relative(self, path: PurePath) -> PurePath:
         for root in self.roots:

@@ -63,6 +63,16 @@ def test_path_filter_user_patterns() -> None:
     assert not check(None, str(PurePath("/src/app/generated/models.py")))
 
 
+def test_default_excludes_catch_compiled_and_swap_files_by_suffix() -> None:
+    includes, excludes = resolve_patterns(("*",), ())
+    check = PathFilter([Path("/src")], includes, excludes)
+    assert check(None, "/src/data.json")
+    assert not check(None, "/src/app.pyc")
+    assert not check(None, "/src/app.py.swp")
+    includes, excludes = resolve_patterns(("*", ".py[cod]"), ())  # the user takes the default back
+    assert PathFilter([Path("/src")], includes, excludes)(None, "/src/app.pyc")
+
+
 def _reload_config(directory: Path, **kw: object) -> SimpleNamespace:
     values = {"reload_dir": (str(directory),), "reload_include": (), "reload_exclude": (), "reload_delay": 0.1}
     values.update(kw)
