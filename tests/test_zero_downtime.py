@@ -69,6 +69,22 @@ def test_hup_with_a_slow_startup(corral: Start) -> None:
     assert served == {str(pid) for pid in new}, "only the new generation serves after the roll"
 
 
+def test_hups_in_quick_succession_supersede_each_other(corral: Start) -> None:
+    proc = start(corral, env={"MASTER_APP_STARTUP": "0.5"})
+    old = worker_pids(proc.pid)
+    with Load(proc.url, clients=CLIENTS, duration=60) as load:
+        load.wait_successes(200)
+        for count in (1, 2, 3):
+            proc.signal(signal.SIGHUP)
+            proc.wait_log("roll_started", count=count)  # each HUP lands mid-roll of the previous
+        proc.wait_log("roll_done", timeout=40)
+        wait_gone(proc, old)
+        load.wait_successes(200)
+    assert_clean(load.report)
+    assert "generation=4" in proc.output().split("roll_done", 1)[1].splitlines()[0]
+    assert len(worker_pids(proc.pid)) == 2
+
+
 def test_hup_picks_up_a_config_change(corral: Start, tmp_path: Path) -> None:
     conf = tmp_path / "corral.toml"
     conf.write_text('header = ["x-deploy:blue"]\n')
