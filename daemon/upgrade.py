@@ -448,6 +448,20 @@ class Resumed:
         implicit = systemd.implicit_bind(config)
         return systemd.listen_slice(config, [b for b in config.binds if b != implicit])
 
+    def abandon(self, reason: str) -> None:
+        """The new image cannot serve after all (a listener error, say): stop the adopted workers.
+
+        Call on any early exit of ``run_master`` after :func:`resume`; left
+        alone, the previous generation would outlive its master as orphans
+        still accepting on the shared sockets.
+        """
+        log.error(EVENT_ROLLBACK, reason=reason, stage="adopt", action="stopping the adopted workers")
+        for record in self.adopted:
+            try:
+                os.kill(record.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def claim_ownership(self, listeners: Sequence[Any]) -> None:
         """Mark the sockets the first image bound itself as ours again (their UNIX files go at exit)."""
         owned = self.handoff.owned_addresses()

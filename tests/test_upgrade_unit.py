@@ -301,3 +301,19 @@ def test_config_only_check_for_an_app_object(tmp_path: Path) -> None:
     bad.write_text("workers = 'many'\n")
     check = _run_check([upgrade.CONFIG_ONLY, "--config", str(bad)])
     assert check.ok is False and check.popen.returncode == 2
+
+
+def test_abandon_stops_the_adopted_workers() -> None:
+    """A new image that cannot serve must not leave the previous workers as orphans."""
+    from daemon.workers import State, WorkerRecord
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        handoff = upgrade.Handoff(listeners=(), workers=(), generation=1)
+        record = WorkerRecord(pid=child.pid, serial=1, generation=1, started_at=0.0, state=State.READY)
+        resumed = upgrade.Resumed(handoff=handoff, inherited={}, adopted=[record], upgrader=upgrade.Upgrader())
+        resumed.abandon("cannot open listeners")
+        assert child.wait(30 * FACTOR) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
