@@ -46,11 +46,13 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def write_version(src: Path, version: str, *, hang: bool = False, broken: bool = False) -> None:
-    """Rewrite the app's VERSION (and HANG); ``broken`` appends a syntax error."""
+def write_version(src: Path, version: str, *, hang: bool = False, fail: bool = False,
+                  broken: bool = False) -> None:
+    """Rewrite the app's VERSION (and HANG, FAIL); ``broken`` appends a syntax error."""
     path = src / "upg_app.py"
     text = (APPS / "sd_app.py").read_text()
     text = text.replace('VERSION = "1"', f'VERSION = "{version}"').replace("HANG = False", f"HANG = {hang}")
+    text = text.replace("FAIL = False", f"FAIL = {fail}")
     if broken:
         text += "\n\ndef broken(:\n"
     path.write_text(text)
@@ -148,6 +150,26 @@ def test_usr2_rollback_when_the_new_startup_hangs(corral, src: Path, tmp_path: P
     wait_until(lambda: children(master) == old_workers, 20, "the hanging new workers killed", alive=server.dead)
     assert server.popen.poll() is None
     assert (tmp_path / "corral.pid").read_text().strip() == str(master)
+
+
+def test_usr2_rollback_when_the_new_generation_dies(corral, src: Path, tmp_path: Path) -> None:
+    """The check imports fine, but the new workers' lifespan startup fails: they die, the old ones serve."""
+    server = start(corral, src, tmp_path)
+    master = server.pid
+    server.wait_log("worker_ready", count=2)
+    old_workers = children(master)
+    write_version(src, "2", fail=True)
+    with Load(server.url, clients=4, duration=120) as load:
+        load.wait_successes(100)
+        os.kill(master, signal.SIGUSR2)
+        server.wait_log(upgrade.EVENT_ROLLBACK, timeout=60)
+        load.wait_successes(100)
+    assert load.report.failed == 0, load.report.summary()
+    assert "FAIL is set" in server.output()
+    assert "stage=new-generation" in server.output()  # past the check: the new workers themselves failed
+    assert get(server.url + "/version") == "1"
+    assert children(master) == old_workers
+    assert server.popen.poll() is None
 
 
 def test_a_second_usr2_while_one_is_in_flight_is_ignored(corral, src: Path, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Paths:
     /version   the module-level VERSION
     /parent    the PID of the worker's parent (the master)
     /env       JSON of the systemd and hand-off variables the app can see (should be {})
-With HANG = True, lifespan startup never completes (a boot that hangs).
+With HANG = True, lifespan startup never completes (a boot that hangs); with
+FAIL = True it fails (the worker exits with status 3 before it is ready).
 """
 
 import asyncio
@@ -17,6 +18,7 @@ PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LIST
 
 VERSION = "1"
 HANG = False
+FAIL = False
 
 
 async def _lifespan(receive, send):
@@ -25,6 +27,9 @@ async def _lifespan(receive, send):
         if message["type"] == "lifespan.startup":
             if HANG:
                 await asyncio.Event().wait()
+            if FAIL:
+                await send({"type": "lifespan.startup.failed", "message": "sd_app: FAIL is set"})
+                return
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
