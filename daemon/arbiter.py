@@ -599,7 +599,7 @@ class Arbiter:
 
     def on_scale_down(self) -> None:
         """TTOU: one worker fewer (never below one); the oldest retires."""
-        if self.stopping or scale(self.target, -1) == self.target:
+        if self.stopping or self.target <= 1:  # never below one; after WINCH (0) stay at 0
             return
         self.target = scale(self.target, -1)
         victim = oldest_serving(self.records.values())

@@ -211,9 +211,14 @@ def test_winch_stops_workers_and_ttin_brings_them_back(corral: Start) -> None:
     proc.signal(signal.SIGWINCH)
     wait_until(lambda: not worker_pids(proc.pid), 20, "every worker to stop", alive=proc.dead)
     assert proc.popen.poll() is None, "the master stays"
+    proc.signal(signal.SIGTTOU)  # already at zero: nothing to retire, nothing to start
+    proc.wait_log("worker_exited", count=2)
     proc.signal(signal.SIGTTIN)
     proc.wait_log("worker_ready", count=3)
     assert httpx.get(proc.url).status_code == 200
+    # The spawn follows the TTIN in the same turn of the loop: one worker, not two.
+    assert proc.output().count("worker_spawned") == 3
+    assert len(worker_pids(proc.pid)) == 1
 
 
 def test_usr1_reopens_logs_everywhere(corral: Start) -> None:

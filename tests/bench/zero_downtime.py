@@ -9,6 +9,7 @@ observably done (worker PIDs replaced, worker count changed) and for a few
 hundred more successes, then reports what the clients saw:
 
     hup          SIGHUP to the master (a rolling restart where supported)
+    hup-slow     the same with an app whose lifespan startup takes 2 seconds
     ttin-ttou    SIGTTIN, wait for a third worker, SIGTTOU, wait for two
     max-requests each worker replaced after 200 requests, for 8 seconds
     kill-9       SIGKILL of one worker, wait for its replacement
@@ -78,11 +79,12 @@ SERVERS = [
 class Running:
     """A started server: its master process, log file and workers."""
 
-    def __init__(self, server: Server, limit: int | None, logdir: Path) -> None:
+    def __init__(self, server: Server, limit: int | None, logdir: Path, startup: float = 0) -> None:
         self.port = free_port()
         self.log = open(logdir / f"{server.name}.log", "ab")
+        env = {**os.environ, "MASTER_APP_STARTUP": str(startup)}
         self.proc = subprocess.Popen(server.argv(self.port, limit), stdout=self.log, stderr=self.log,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True, env=env)
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def workers(self) -> set[int]:
@@ -168,18 +170,20 @@ def _kill9(run: Running) -> bool:
     return run.wait(lambda: victim not in run.workers() and len(run.workers()) == 2)
 
 
-SCENARIOS: dict[str, tuple[Callable[[Running], bool], int | None]] = {
-    "hup": (_hup, None),
-    "ttin-ttou": (_ttin_ttou, None),
-    "max-requests": (_max_requests, 200),
-    "kill-9": (_kill9, None),
+# name: (action, --limit-max-requests, seconds of lifespan startup)
+SCENARIOS: dict[str, tuple[Callable[[Running], bool], int | None, float]] = {
+    "hup": (_hup, None, 0),
+    "hup-slow": (_hup, None, 2),
+    "ttin-ttou": (_ttin_ttou, None, 0),
+    "max-requests": (_max_requests, 200, 0),
+    "kill-9": (_kill9, None, 0),
 }
 
 
 def measure(server: Server, scenario: str, logdir: Path) -> tuple[LoadReport | None, str]:
     """Run one scenario against one server; the load report and a note."""
-    action, limit = SCENARIOS[scenario]
-    run = Running(server, limit, logdir)
+    action, limit, startup = SCENARIOS[scenario]
+    run = Running(server, limit, logdir, startup)
     try:
         if not run.ready():
             return None, "did not start"
