@@ -21,6 +21,7 @@ change before the deadline).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -199,30 +200,61 @@ def measure(server: Server, scenario: str, logdir: Path) -> tuple[LoadReport | N
         run.stop()
 
 
+def _row(server: str, scenario: str, report: LoadReport | None, note: str) -> dict[str, object]:
+    if report is None:
+        return {"server": server, "scenario": scenario, "ok": None, "failed": None, "longest_gap_s": None,
+                "note": note, "first_error": None}
+    return {"server": server, "scenario": scenario, "ok": report.successes, "failed": report.failed,
+            "longest_gap_s": round(report.longest_gap, 3), "note": note,
+            "first_error": report.failures[0][2][:120] if report.failures else None}
+
+
+def _markdown(rows: list[dict[str, object]]) -> str:
+    lines = [f"{CLIENTS} keep-alive clients that never retry; two workers per server.", "",
+             "| server | scenario | ok | failed | longest gap | note |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        gap = "-" if row["longest_gap_s"] is None else f"{row['longest_gap_s']:.3f} s"
+        note = str(row["note"] or "")
+        if row["first_error"]:
+            note = (note + " " if note else "") + f"first error: {row['first_error']}"
+        ok = "-" if row["ok"] is None else row["ok"]
+        failed = "-" if row["failed"] is None else row["failed"]
+        lines.append(f"| {row['server']} | {row['scenario']} | {ok} | {failed} | {gap} | {note} |")
+    return "\n".join(lines)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print a table of failed requests and longest gaps per server and scenario."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Measure every server in every scenario; a markdown table on stdout, progress on stderr."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--servers", default=",".join(s.name for s in SERVERS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--quick", action="store_true",
+                        help="hup, ttin-ttou and kill-9 against corral, uvicorn and gunicorn-asgi only")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     parser.add_argument("--logdir", default="/tmp/corral-bench-zero-downtime")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.servers, args.scenarios = "corral,uvicorn,gunicorn-asgi", "hup,ttin-ttou,kill-9"
+    # A runner stops us with SIGTERM: unwind so every server tree is stopped in its finally.
+    signal.signal(signal.SIGTERM, _interrupt)
     logdir = Path(args.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     wanted = set(args.servers.split(","))
-    rows = []
-    print(f"{'server':<24} {'scenario':<13} {'ok':>7} {'failed':>7} {'longest gap':>12}  note", flush=True)
+    rows: list[dict[str, object]] = []
     for server in (s for s in SERVERS if s.name in wanted):
         for scenario in args.scenarios.split(","):
             report, note = measure(server, scenario, logdir)
-            if report is None:
-                line = f"{server.name:<24} {scenario:<13} {'-':>7} {'-':>7} {'-':>12}  {note}"
-            else:
-                line = (f"{server.name:<24} {scenario:<13} {report.successes:>7} {report.failed:>7} "
-                        f"{report.longest_gap:>11.3f}s  {note}")
-                if report.failures:
-                    line += f" first error: {report.failures[0][2][:60]}"
-            rows.append(line)
-            print(line, flush=True)
+            rows.append(_row(server.name, scenario, report, note))
+            row = rows[-1]
+            print(f"{server.name:<24} {scenario:<13} ok={row['ok']} failed={row['failed']} "
+                  f"gap={row['longest_gap_s']} {note}", file=sys.stderr, flush=True)
+    print(_markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"clients": CLIENTS, "workers": 2, "rows": rows}, indent=2))
     return 0
 
 
