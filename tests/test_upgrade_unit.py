@@ -317,3 +317,10 @@ def test_abandon_stops_the_adopted_workers() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_blocked_signals_are_exactly_the_ones_the_master_handles() -> None:
+    """Blocked across the exec must equal handled (then unblocked) by the new image's arbiter."""
+    from daemon.arbiter import COMMANDS
+
+    assert set(COMMANDS) == set(upgrade.BLOCKED_SIGNALS)
