@@ -356,7 +356,11 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
 
 
 def parse_bind(addr: str, origin: str = "--bind") -> tuple[str, Any]:
-    """Parse a listener address: ``("tcp", (host, port))``, ``("unix", path)`` or ``("fd", n)``."""
+    """Parse a listener address.
+
+    Returns ``("tcp", (host, port))``, ``("unix", path)``, ``("fd", n)`` or, for
+    ``fd://NAME`` (a socket systemd passes with that name), ``("fdname", name)``.
+    """
     if addr.startswith("unix:"):
         path = addr[5:]
         if path.startswith("//"):
@@ -365,11 +369,13 @@ def parse_bind(addr: str, origin: str = "--bind") -> tuple[str, Any]:
             raise ConfigError(f"{origin}: {addr!r}: unix: needs a path")
         return "unix", path
     if addr.startswith("fd://"):
-        try:
-            fd = int(addr[5:])
-        except ValueError:
-            raise ConfigError(f"{origin}: {addr!r}: fd:// needs a number") from None
-        return "fd", fd
+        target = addr[5:]
+        if target.isdigit():
+            return "fd", int(target)
+        # fd://NAME: a socket systemd passes under that LISTEN_FDNAMES name.
+        if not target or not all(c.isalnum() or c in "-_.@" for c in target):
+            raise ConfigError(f"{origin}: {addr!r}: fd:// needs a descriptor number or a socket name")
+        return "fdname", target
     host, sep, port_text = addr.rpartition(":")
     if not sep:
         raise ConfigError(f"{origin}: {addr!r}: expected HOST:PORT, [V6]:PORT, unix:PATH or fd://N")

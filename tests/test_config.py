@@ -138,6 +138,9 @@ def test_binds() -> None:
     assert build_config({"port": 81, "bind": ("unix:/a",)}, {}, app="m:a").binds == ("127.0.0.1:81", "unix:/a")
     assert parse_bind("[::1]:80") == ("tcp", ("::1", 80))
     assert parse_bind("fd://4") == ("fd", 4)
+    assert parse_bind("fd://web") == ("fdname", "web")
+    with pytest.raises(ConfigError, match="descriptor number or a socket name"):
+        parse_bind("fd://")
     assert parse_bind("unix:/run/x.sock") == ("unix", "/run/x.sock")
 
 
