@@ -64,6 +64,9 @@ STACK_GRACE = 1.0
 # QUIT: workers exit at once; anything still alive after this is killed.
 QUIT_GRACE = 2.0
 MEMORY_INTERVAL = 1.0
+# A wait that ends this much later than asked means the master was stopped
+# (SIGSTOP, Ctrl-Z), not merely busy: see Arbiter._forgive.
+OVERSLEPT = 1.0
 
 COMMANDS = {
     signal.SIGTERM: "stop",
@@ -76,6 +79,7 @@ COMMANDS = {
     signal.SIGUSR2: "upgrade",
     signal.SIGWINCH: "winch",
     signal.SIGCHLD: "reap",
+    signal.SIGCONT: "resume",
 }
 
 
@@ -233,13 +237,33 @@ class Arbiter:
         extras += [w.deadline() for w in self.watched]
         moments += [moment for moment in extras if moment is not None]
         timeout = max(0.0, min(moments) - now) if moments else None
-        for key, _ in self.selector.select(timeout):
+        events = self.selector.select(timeout)
+        if timeout is not None and time.monotonic() - now - timeout >= OVERSLEPT:
+            self._forgive(time.monotonic() - now)
+        for key, _ in events:
             if key.data is None:
                 self._drain_wakeup()
             elif isinstance(key.data, WorkerRecord):
                 self._read_pipe(key.data)
             elif key.data.on_readable():
                 self.unwatch(key.data)
+
+    def _forgive(self, away: float) -> None:
+        """Restart the workers' clocks after the master was stopped for up to ``away`` seconds.
+
+        After Ctrl-Z and ``fg`` the whole process group was stopped: the
+        workers could not beat either, and without this every one would look
+        stuck. Each gets a fresh heartbeat period and its boot and kill
+        deadlines move by the time away.
+        """
+        log.warning("master_was_stopped", seconds=round(away, 1))
+        now = time.monotonic()
+        for record in self.records.values():
+            record.started_at += away
+            if record.last_heartbeat is not None:
+                record.last_heartbeat = now
+            if record.kill_at is not None:
+                record.kill_at += away
 
     def watch(self, source: Watched) -> None:
         """Also wait on ``source`` (its fd and its deadline) until it says it is finished."""
@@ -644,6 +668,13 @@ class Arbiter:
 
     def on_reap(self) -> None:
         """CHLD: nothing to do here; every turn of the loop reaps."""
+
+    def on_resume(self) -> None:
+        """CONT (``fg`` after Ctrl-Z): the workers were stopped too; none of them is stuck."""
+        now = time.monotonic()
+        for record in self.records.values():
+            if record.last_heartbeat is not None:
+                record.last_heartbeat = max(record.last_heartbeat, now)
 
 
 def open_all(config: Any, inherited: dict[str, Any] | None) -> tuple[list[Listener], bool]:

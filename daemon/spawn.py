@@ -27,7 +27,7 @@ from server_core.settings import ServerSettings
 # for them until serve() installs its own.
 MASTER_SIGNALS = (
     signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT,
 )
 # Exit status of a child that crashed before or outside serve().
 EXIT_SPAWN_ERROR = 1

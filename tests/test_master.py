@@ -155,6 +155,18 @@ def test_a_blocked_worker_is_killed_with_its_stack_logged_and_replaced(corral: S
     assert httpx.get(proc.url).status_code == 200
 
 
+def test_ctrl_z_then_fg_is_not_a_stuck_worker(corral: Start) -> None:
+    proc = start(corral, "--timeout-worker-healthcheck", "2")
+    before = worker_pids(proc.pid)
+    os.killpg(proc.pid, signal.SIGSTOP)  # what Ctrl-Z does to the whole process group
+    time.sleep(3.5)  # the scenario itself: stopped for longer than the health-check timeout
+    os.killpg(proc.pid, signal.SIGCONT)
+    proc.wait_log("master_was_stopped")
+    assert httpx.get(proc.url).status_code == 200
+    assert worker_pids(proc.pid) == before
+    assert "heartbeat_timeout" not in proc.output()
+
+
 def test_a_worker_not_ready_in_time_stops_the_first_start(corral: Start) -> None:
     proc = corral("master_app:app", "--timeout-worker-boot", "1", wait=False,
                   env={"MASTER_APP_STARTUP": "30"})
