@@ -277,6 +277,21 @@ def test_unix_socket_serves_and_is_removed(corral: Start, tmp_path: Path) -> Non
     path.parent.rmdir()
 
 
+def test_several_listeners_at_once(corral: Start) -> None:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="corral-")) / "extra.sock"
+    proc = corral("master_app:app", "--workers", "1", "--bind", f"unix:{path}", "--uds-mode", "0o600")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://corral") as client:
+        via_unix = client.get("/").text
+    assert httpx.get(proc.url).text == via_unix, "one worker serves both listeners"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+    assert not path.exists()
+    path.parent.rmdir()
+
+
 def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
