@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Capped exponential backoff for a replacement that fails to boot once serving.
 BACKOFF_BASE = 0.5
@@ -63,7 +63,6 @@ class Reason(str, enum.Enum):
     HEARTBEAT = "heartbeat"
     CRASH = "crash"
     BOOT_TIMEOUT = "boot-timeout"
-    BOOT_FAILED = "boot-failed"
     RETRY = "retry"
     SHUTDOWN = "shutdown"
     QUIT = "quit"
@@ -93,8 +92,7 @@ class WorkerRecord:
     # The message of a "fail <message>" from the worker (why it cannot boot).
     boot_error: str | None = None
     read_fd: int | None = None
-    buffer: bytes = b""
-    extra: dict[str, object] = field(default_factory=dict)
+    buffer: bytes = b""  # a partial line read from the control pipe
 
     @property
     def alive(self) -> bool:
