@@ -713,6 +713,8 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
             listeners, activated = open_all(config, None)
     except ListenerError as exc:
         print(str(exc), file=sys.stderr, flush=True)
+        if resumed is not None:
+            resumed.abandon(str(exc))  # no orphans of the previous image
         return 1
     scheme = "https" if config.ssl_certfile else "http"
     for listener in listeners:
@@ -728,6 +730,8 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
             log.error("boot_failed", error=exc.message, details=exc.details, action="exit")
             say(f"the application could not start: {exc}")
             close_listeners(listeners)
+            if resumed is not None:
+                resumed.abandon(exc.message)
             return EXIT_APP_FAILED
     if config.pid:
         pidfile.write(config.pid)
