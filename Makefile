@@ -29,6 +29,10 @@ bench: setup system-tools
 	$(BIN)/pip install --quiet -e '.[standard,test,bench]'
 	$(BIN)/python -m tests.bench.run
 
+bench-zero: setup
+	$(BIN)/pip install --quiet -e '.[standard,test,bench]'
+	$(BIN)/python -m tests.bench.zero_downtime
+
 lint: setup
 	$(BIN)/ruff check daemon server_core tests
 	$(BIN)/mypy

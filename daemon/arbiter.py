@@ -320,7 +320,7 @@ class Arbiter:
             self.failures, self.retry_at = 0, None
         elif kind == "recycle" and record.state is State.READY and record.replace_reason is None:
             record.replace_reason = arg or Reason.MAX_REQUESTS.value
-            log.info("worker_recycle", pid=record.pid, reason=record.replace_reason)
+            log.info("worker_recycle", worker=record.pid, reason=record.replace_reason)
         elif kind == "fail":
             record.boot_error = arg
 
@@ -331,7 +331,7 @@ class Arbiter:
         ready, total = counts(self.records.values())
         event = {State.READY: "worker_ready", State.DRAINING: "worker_draining",
                  State.FAILED: "worker_failed", State.GONE: "worker_exited"}[new]
-        log.info(event, pid=record.pid, generation=record.generation, previous=old.value,
+        log.info(event, worker=record.pid, generation=record.generation, previous=old.value,
                  ready=ready, total=total, **fields)
         self._update_status()
 
@@ -368,7 +368,7 @@ class Arbiter:
         self.records[pid] = record
         self.selector.register(read_fd, selectors.EVENT_READ, record)
         ready, total = counts(self.records.values())
-        log.info("worker_spawned", pid=pid, generation=self.generation, reason=reason,
+        log.info("worker_spawned", worker=pid, generation=self.generation, reason=reason,
                  limit_max_requests=limit, ready=ready, total=total)
 
     def _retire(self, record: WorkerRecord, reason: str) -> None:
@@ -426,18 +426,18 @@ class Arbiter:
         message = boot_error(record, self.config.timeout_worker_boot)
         self.last_failure = f"boot failed: {message}"
         if verdict is Verdict.GIVE_UP:
-            log.error("boot_failed", pid=record.pid, status=record.exit_status, error=message, action="exit")
+            log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message, action="exit")
             say(f"the application could not start: {message}")
             self.exit_status = EXIT_APP_FAILED
             self._stop("quit")
         elif verdict is Verdict.WAIT:
-            log.error("boot_failed", pid=record.pid, status=record.exit_status, error=message,
+            log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message,
                       action="wait-for-change")
             say(f"the application could not start, waiting for a change: {message}")
             self.on_hold = True
             self.roll = None
         elif verdict is Verdict.ABORT_ROLL and self.roll is not None:
-            log.error("roll_aborted", generation=self.roll.generation, pid=record.pid, error=message)
+            log.error("roll_aborted", generation=self.roll.generation, worker=record.pid, error=message)
             say(f"reload aborted, the previous workers keep serving: {message}")
             self.config = self.roll.previous_config
             self.floor = self.roll.previous_floor
@@ -450,7 +450,7 @@ class Arbiter:
             delay = backoff_delay(self.failures)
             self.retry_at = time.monotonic() + delay
             self.vacancy = Reason.RETRY.value
-            log.error("boot_failed", pid=record.pid, status=record.exit_status, error=message,
+            log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message,
                       action="retry", retry_in=delay, failures=self.failures)
         self._update_status()
 
@@ -462,7 +462,7 @@ class Arbiter:
                                 supervising=not self.stopping):
             if what is Due.KILL:
                 record.kill_at = None
-                log.warning("worker_killed", pid=record.pid, reason=record.drain_reason)
+                log.warning("worker_killed", worker=record.pid, reason=record.drain_reason)
                 self._signal(record, signal.SIGKILL)
             elif what is Due.BOOT_TIMEOUT:
                 record.drain_reason = Reason.BOOT_TIMEOUT.value
@@ -470,7 +470,7 @@ class Arbiter:
                 self._signal(record, signal.SIGKILL)
             else:
                 # A silent event loop: log its stacks (SIGUSR2 → faulthandler), then kill it.
-                log.error("heartbeat_timeout", pid=record.pid, timeout=cfg.timeout_worker_healthcheck)
+                log.error("heartbeat_timeout", worker=record.pid, timeout=cfg.timeout_worker_healthcheck)
                 record.drain_reason = Reason.HEARTBEAT.value
                 record.kill_at = now + STACK_GRACE
                 self.vacancy = Reason.HEARTBEAT.value
@@ -479,7 +479,7 @@ class Arbiter:
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self.stop_deadline = None
             for record in self.records.values():
-                log.warning("worker_killed", pid=record.pid, reason="shutdown-timeout")
+                log.warning("worker_killed", worker=record.pid, reason="shutdown-timeout")
                 self._signal(record, signal.SIGKILL)
         if self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
@@ -511,7 +511,7 @@ class Arbiter:
             record.memory_strikes = memory_strikes(record.memory_strikes, rss, limit)
             if record.memory_strikes >= MEMORY_STRIKES:
                 record.replace_reason = Reason.MEMORY.value
-                log.warning("worker_recycle", pid=record.pid, reason=record.replace_reason,
+                log.warning("worker_recycle", worker=record.pid, reason=record.replace_reason,
                             rss_mib=rss // (1024 * 1024), limit_mib=self.config.limit_worker_memory)
 
     # -- commands (one per signal, see COMMANDS) ------------------------------
@@ -604,7 +604,7 @@ class Arbiter:
         if record.read_fd is not None:
             os.set_blocking(record.read_fd, False)
             self.selector.register(record.read_fd, selectors.EVENT_READ, record)
-        log.info("worker_adopted", pid=record.pid, generation=record.generation, state=record.state.value)
+        log.info("worker_adopted", worker=record.pid, generation=record.generation, state=record.state.value)
 
     def _reconfigure_logs(self, config: Any) -> None:
         try:

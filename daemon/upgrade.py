@@ -68,7 +68,7 @@ EVENT_IGNORED = "upgrade_ignored"  # a USR2 while one is in flight
 # Signals the master handles: blocked across the exec, unblocked by the new image.
 BLOCKED_SIGNALS = frozenset({
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT,
 })
 # Variables the check process must not inherit: it is not the service.
 _PRIVATE_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",

@@ -84,8 +84,10 @@ def test_json_access_lines_app_logs_and_lifecycle_events(corral: Callable[..., C
     spawned = [r for r in master if r["event"] == "worker_spawned"]
     ready = [r for r in master if r["event"] == "worker_ready"]
     assert len(spawned) >= 2 and len(ready) >= 2
-    assert all(isinstance(r["pid"], int) and isinstance(r["generation"], int) for r in spawned + ready)
-    assert {r["pid"] for r in ready} >= {r["pid"] for r in lines}
+    # `pid` is always the process that wrote the line (the master); `worker` names the worker.
+    assert all(r["pid"] == proc.pid for r in spawned + ready)
+    assert all(isinstance(r["worker"], int) and isinstance(r["generation"], int) for r in spawned + ready)
+    assert {r["worker"] for r in ready} >= {r["pid"] for r in lines}
 
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit() == 0
