@@ -136,9 +136,15 @@ class Roll:
     previous_generation: int
 
 
+# With --log-format json, stderr carries JSON lines only (log shippers parse
+# every line); the same facts are in the structured events.
+PLAIN_LINES = True
+
+
 def say(line: str) -> None:
-    """One plain human line on stderr (``corral: ...``), independent of the log format."""
-    print(f"corral: {line}", file=sys.stderr, flush=True)
+    """One plain human line on stderr (``corral: ...``) for console logs."""
+    if PLAIN_LINES:
+        print(f"corral: {line}", file=sys.stderr, flush=True)
 
 
 class Arbiter:
@@ -699,6 +705,8 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
     """
     from daemon import upgrade
 
+    global PLAIN_LINES
+    PLAIN_LINES = config.log_format != "json"
     if notify is None:
         from daemon.systemd import Notifier as SdNotifier
 
