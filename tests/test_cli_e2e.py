@@ -217,7 +217,7 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout(serve: Start) ->
 
 
 def test_tls_with_a_throwaway_ca(serve: Start, tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme as trustme
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
@@ -409,9 +409,7 @@ def test_console_script_imports_the_app_from_the_working_directory(procs: Callab
     directory on sys.path by itself; the installed console script does not,
     so --app-dir's default (the working directory) must.
     """
-    script = Path(sys.executable).parent / "corral"
-    if not script.exists():
-        pytest.skip("no corral console script next to this interpreter (not installed with pip)")
+    script = Path(require_tool(str(Path(sys.executable).parent / "corral")))
     sock = bound_socket()
     try:
         proc = procs([str(script), "int_echo:app", "--fd", str(sock.fileno())], pass_fds=[sock.fileno()],

@@ -360,7 +360,7 @@ def test_limit_max_requests_without_supervisor_stops(worker: Callable[..., Worke
 
 
 def test_tls_with_trustme(worker: Callable[..., WorkerProc], tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme as trustme
     from cryptography.hazmat.primitives import serialization
 
     ca = trustme.CA()
@@ -393,7 +393,7 @@ def _write_cert(ca: Any, tmp_path: Path, name: str, *hosts: str) -> tuple[Path, 
 
 
 def test_tls_client_certificates_required(worker: Callable[..., WorkerProc], tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme as trustme
     ca = trustme.CA()
     certfile, keyfile = _write_cert(ca, tmp_path, "server", "127.0.0.1")
     client_cert, client_key = _write_cert(ca, tmp_path, "client", "client@example.org")
@@ -419,7 +419,7 @@ def test_tls_option_errors_name_the_option(tmp_path: Path) -> None:
         make_ssl_context(ServerSettings(ssl_certfile=str(tmp_path / "missing.pem")))
     with pytest.raises(TLSConfigError, match="--ssl-certfile is not"):
         make_ssl_context(ServerSettings(ssl_keyfile=str(tmp_path / "k.pem")))
-    trustme = pytest.importorskip("trustme")
+    import trustme as trustme
     certfile, keyfile = _write_cert(trustme.CA(), tmp_path, "server", "localhost")
     good: dict[str, Any] = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
     with pytest.raises(TLSConfigError, match="--ssl-ciphers"):
