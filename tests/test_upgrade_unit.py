@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import upgrade
+from daemon import upgrade, upgrade_check
 from daemon.config import build_config
 from tests.support import APPS, FACTOR, ROOT
 
@@ -87,16 +87,16 @@ def test_config_argv_rebuilds_the_same_config(tmp_path: Path) -> None:
     cli = {"workers": 3, "access-log": False, "reuse-port": True, "header": ("X-A:1", "X-B:2"),
            "uds-mode": 0o660, "timeout-worker-boot": 5.0, "app-dir": str(tmp_path)}
     config = build_config(cli, {}, app="main:app")
-    argv = upgrade.config_argv(config)
+    argv = upgrade_check.config_argv(config)
     assert argv[-1] == "main:app"
-    again = upgrade.parse_cli_config(argv)
+    again = upgrade_check.parse_cli_config(argv)
     assert dict(again.values) == dict(config.values)
     assert again.app == "main:app"
 
 
-def _run_check(argv: list[str], timeout: float = 60) -> upgrade.Preflight:
+def _run_check(argv: list[str], timeout: float = 60) -> upgrade_check.Preflight:
     """Drive a Preflight the way the arbiter does: its fd in a selector, with its deadline."""
-    check = upgrade.Preflight(argv, timeout * FACTOR, cwd=str(ROOT))
+    check = upgrade_check.Preflight(argv, timeout * FACTOR, cwd=str(ROOT))
     with selectors.DefaultSelector() as selector:
         selector.register(check.fileno(), selectors.EVENT_READ)
         while check.ok is None:
@@ -198,13 +198,13 @@ class FakeArbiter:
         self.roll = None
         self.stopping = None
         self.notify = FakeNotify()
-        self.watched: list[upgrade.Preflight] = []
+        self.watched: list[upgrade_check.Preflight] = []
 
-    def watch(self, source: upgrade.Preflight) -> None:
+    def watch(self, source: upgrade_check.Preflight) -> None:
         self.watched.append(source)
 
 
-def _drive(check: upgrade.Preflight) -> None:
+def _drive(check: upgrade_check.Preflight) -> None:
     with selectors.DefaultSelector() as selector:
         selector.register(check.fileno(), selectors.EVENT_READ)
         while check.ok is None:
@@ -294,12 +294,12 @@ def test_build_handoff_and_resume_round_trip(monkeypatch: pytest.MonkeyPatch) ->
 def test_config_only_check_for_an_app_object(tmp_path: Path) -> None:
     """daemon.run(app_object): the check validates the configuration and skips the import."""
     config = build_config({"workers": 2}, {}, app=lambda scope, receive, send: None, source="daemon.run()")
-    argv = upgrade.config_argv(config)
-    assert argv[0] == upgrade.CONFIG_ONLY
+    argv = upgrade_check.config_argv(config)
+    assert argv[0] == upgrade_check.CONFIG_ONLY
     assert _run_check(argv).ok is True
     bad = tmp_path / "bad.toml"
     bad.write_text("workers = 'many'\n")
-    check = _run_check([upgrade.CONFIG_ONLY, "--config", str(bad)])
+    check = _run_check([upgrade_check.CONFIG_ONLY, "--config", str(bad)])
     assert check.ok is False and check.popen.returncode == 2
 
 
