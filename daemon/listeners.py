@@ -226,7 +226,9 @@ def open_listeners(config: ListenConfig,
                 try:
                     fd = int(address[len("fd://"):])
                 except ValueError:
-                    raise ListenerError(f"corral: bad listener address {address!r}") from None
+                    raise ListenerError(
+                        f"corral: {address} names a socket that systemd passes (LISTEN_FDNAMES), "
+                        "but this process was not socket-activated") from None
                 opened.append(adopt_fd(fd, config.backlog, address))
             elif address.startswith("unix:"):
                 opened.append(_bind_unix(address, config))
