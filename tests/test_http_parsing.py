@@ -361,7 +361,10 @@ FUZZ_SEEDS = [
 
 def _verdict(cls: type[MessageReader], data: bytes, eof: bool) -> list:
     parser = cls()
-    events = parser.feed(data) + (parser.eof() if eof else [])
+    return _summarise(parser.feed(data) + (parser.eof() if eof else []))
+
+
+def _summarise(events: list) -> list:
     out: list = []
     for event in events:
         if isinstance(event, Body):
@@ -407,3 +410,75 @@ def test_parsers_agree_on_mutated_requests(seed: int) -> None:
         eof = rng.random() < 0.3
         raw = bytes(data)
         assert _verdict(HttptoolsParser, raw, eof) == _verdict(H11Parser, raw, eof), raw
+
+
+def _verdict_byte_by_byte(cls: type[MessageReader], data: bytes, eof: bool) -> list:
+    parser = cls()
+    events: list = []
+    for byte in data:
+        events += parser.feed(bytes([byte]))
+    if eof:
+        events += parser.eof()
+    return _summarise(events)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_fast_path_agrees_with_slow_path(seed: int) -> None:
+    """A head read whole takes the one-regex fast path (match_head); read byte by byte it
+    takes HeadScanner and check_head. Both must give the same verdict on anything."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = b" \t\r\n:;,=\"\x00\x7f\x80\xffaZ09-/?#%"
+    for _ in range(600):
+        data = bytearray(rng.choice(FUZZ_SEEDS))
+        for _ in range(rng.randint(0, 3)):
+            op, pos = rng.random(), rng.randrange(len(data) + 1)
+            if op < 0.4:
+                data[pos:pos] = bytes([rng.choice(alphabet)])
+            elif pos < len(data):
+                if op < 0.7:
+                    del data[pos]
+                else:
+                    data[pos] = rng.choice(alphabet)
+        raw = bytes(data)
+        for cls in PARSERS.values():
+            assert _verdict(cls, raw, True) == _verdict_byte_by_byte(cls, raw, True), (cls.__name__, raw)
+
+
+def test_fast_path_accepts_only_what_check_head_accepts() -> None:
+    """match_head() is a narrowing of check_head(): never a head check_head() refuses."""
+    from server_core.http.head import Reject, check_head, match_head
+
+    heads = [raw for _, raw, _, _ in MALFORMED] + FUZZ_SEEDS + [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n",
+        b"M-SEARCH * HTTP/1.1\r\nHost: a\r\nX: \t v \t\r\n\r\n",
+    ]
+    taken = 0
+    for raw in heads:
+        found = match_head(raw, 8190, 100)
+        if found is None:
+            continue
+        taken += 1
+        end, split = found
+        try:
+            assert check_head(raw[:end]) == split, raw
+        except Reject as exc:
+            raise AssertionError(f"fast path took a head check_head refuses ({exc.reason}): {raw!r}") from None
+    assert taken >= 10  # the ordinary heads do take the fast path
+    # Limits: a head longer than the size given, or with more fields, is left to the slow path.
+    assert match_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 20, 100) is None
+    assert match_head(b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\n\r\n", 8190, 1) is None
+    assert match_head(b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\n\r\n", 8190, 2) is not None
+
+
+def test_bytes_held_from_an_earlier_read_keep_the_slow_path(make) -> None:
+    """A lone CR held from the previous read belongs to the next head: no fast path past it."""
+    parser = make()
+    assert parser.feed(b"\r") == []
+    [error] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(error, ParseError) and error.status == 400
+    parser = make()
+    assert parser.feed(b"\r") == []
+    [head, _] = parser.feed(b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(head, RequestHead)

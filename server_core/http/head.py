@@ -1,11 +1,14 @@
 """Finding, bounding and checking a request head, the same for both parsers.
 
-Sans-I/O. :class:`HeadScanner` collects the bytes of one request head as they
+Sans-I/O. The usual case, a whole head in one read, is checked by
+:func:`match_head` with one regular expression. Anything else goes the slow
+way: :class:`HeadScanner` collects the bytes of one request head as they
 arrive, enforces the size limits while the head is still incomplete (so a
 client cannot make us buffer megabytes of a head before we look at it), and
-validates the complete head against the RFC 9112 grammar before either
-library sees it. :func:`interpret` then applies the message-framing rules of
-RFC 9112 §6 to the fields the library parsed, and builds the neutral
+:func:`check_head` validates the complete head against the RFC 9112 grammar,
+naming what is wrong. Both run before either library sees the head.
+:func:`semantics` then applies the message-framing rules of RFC 9112 §6 to the
+raw fields, and :func:`interpret` builds the neutral
 :class:`~server_core.state.RequestHead`.
 
 Every rejection raises :class:`Reject`, which carries its status.
@@ -101,6 +104,11 @@ class HeadScanner:
         self._lines = 0  # complete lines so far (the request line is line 1)
         self._scanned = 0  # bytes already checked for bare LF / line ends
 
+    @property
+    def empty(self) -> bool:
+        """True while no byte of a head is held (not even a leading CR)."""
+        return not self._buf and not self.started
+
     def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
         """Add bytes; return ``(head, rest)`` once the head is complete, else None.
 
@@ -188,12 +196,47 @@ class HeadScanner:
             raise Reject(431, "header field too large")
 
 
-def check_head(head: bytes) -> int | None:
+# The usual head in one regular expression: a known method, a target, HTTP/1.0
+# or 1.1, and field lines of the grammar above. Everything it accepts passes
+# every check of check_head() (the same grammar, narrowed to the methods and
+# versions we serve), so a head it matches needs no other syntax check;
+# anything else takes the slow path, which names the problem.
+_METHODS = rb"|".join(re.escape(method) for method in sorted(KNOWN_METHODS, key=len, reverse=True))
+HEAD_RE = re.compile(
+    rb"(" + _METHODS + rb") ([\x21-\x7e]+) (HTTP/1\.[01])\r\n((?:" + FIELD_LINE + rb"\r\n)*)\r\n"
+)
+
+# (method, target, version, field block): the field block is every field line
+# with its CRLF, without the blank line that ends the head.
+SplitHead = tuple[bytes, bytes, bytes, bytes]
+
+
+def match_head(data: bytes, max_size: int, max_fields: int) -> tuple[int, SplitHead] | None:
+    """The fast path: a complete, well-formed head at the start of ``data``.
+
+    Returns ``(length of the head, its parts)`` when ``data`` starts with a
+    head of at most ``max_size`` bytes (so no line can pass a line limit)
+    holding at most ``max_fields`` fields, all accepted by :data:`HEAD_RE`;
+    None for anything else, which then goes through :class:`HeadScanner` and
+    :func:`check_head`. Costs one bounded ``find``, one ``count`` and one
+    regular-expression match, all in C.
+    """
+    end = data.find(b"\r\n\r\n", 0, max_size)
+    if end < 0:
+        return None
+    match = HEAD_RE.fullmatch(data, 0, end + 4)
+    # The CRLFs before the blank line: one per field line.
+    if match is None or data.count(CRLF, 0, end) > max_fields:
+        return None
+    return end + 4, match.groups()  # type: ignore[return-value]
+
+
+def check_head(head: bytes) -> SplitHead:
     """Validate a complete head (from :meth:`HeadScanner.feed`) against RFC 9112.
 
-    Returns the body length the framing rules give: None for no body, -1 for
-    chunked. This runs before either library sees the head, on the raw bytes,
-    because a library may already merge or drop repeated fields.
+    Returns its parts, as :func:`match_head` does. This runs before either
+    library sees the head, on the raw bytes, because a library may already
+    merge or drop repeated fields.
     """
     line_end = head.index(CRLF)
     method, sp, rest = head[:line_end].partition(b" ")
@@ -214,13 +257,59 @@ def check_head(head: bytes) -> int | None:
     fields = head[line_end + 2 : -2]
     if not FIELD_BLOCK_RE.fullmatch(fields):
         raise Reject(400, _field_problem(fields))
-    return _framing(version, FRAMING_FIELD_RE.findall(b"\n" + fields.lower()))
+    return method, target, version, fields
 
 
-# The fields that decide framing, found in the raw (lower-cased) block. The
-# grammar check above already guarantees "name:" has no whitespace before the
-# colon and no value holds a CR.
-FRAMING_FIELD_RE = re.compile(rb"\n(host|content-length|transfer-encoding): *([^\r]*?) *\r")
+# The fields that decide framing and connection handling, found in the raw
+# (lower-cased) block, so no library's merging or dropping of repeated fields
+# can hide one. The grammar check already guarantees "name:" has no whitespace
+# before the colon and no value holds a CR.
+SEMANTIC_FIELD_RE = re.compile(
+    rb"\n(host|content-length|transfer-encoding|connection|upgrade|expect): *([^\r]*?) *\r"
+)
+
+# (body length: None for none, -1 for chunked; keep-alive; lower-cased
+# Upgrade token when Connection names upgrade, else None; Expect: 100-continue)
+Semantics = tuple[int | None, bool, bytes | None, bool]
+
+
+def semantics(version: bytes, fields: bytes) -> Semantics:
+    """Framing (RFC 9112 §6) and connection handling from a checked field block."""
+    hosts = 0
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    expect = False
+    for name, value in SEMANTIC_FIELD_RE.findall(b"\n" + fields.lower()):
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            lengths.append(value.strip(b"\t "))
+        elif name == b"transfer-encoding":
+            codings.append(value)
+        elif name == b"connection":
+            connection.append(value)
+        elif name == b"upgrade":
+            upgrade = value  # the last one counts
+        else:
+            expect = value.strip(b" \t") == b"100-continue"
+    http11 = version == b"HTTP/1.1"
+    body = _framing(http11, hosts, lengths, codings)
+
+    if connection:
+        tokens = _tokens(connection)
+        if http11:
+            keep_alive = b"close" not in tokens
+        else:
+            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    else:
+        tokens = []
+        keep_alive = http11
+    upgrade_token = None
+    if upgrade is not None and b"upgrade" in tokens:
+        upgrade_token = upgrade.split(b",", 1)[0].strip(b" \t") or None
+    return body, keep_alive, upgrade_token, expect and http11
 
 
 def _field_problem(fields: bytes) -> str:
@@ -241,23 +330,12 @@ def _field_problem(fields: bytes) -> str:
     return "invalid header block"
 
 
-def _framing(version: bytes, fields: list[tuple[bytes, bytes]]) -> int | None:
+def _framing(http11: bool, hosts: int, lengths: list[bytes], codings: list[bytes]) -> int | None:
     """Host and body-framing rules over the raw fields; the body length (-1: chunked)."""
-    hosts = 0
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
-    for name, value in fields:
-        if name == b"host":
-            hosts += 1
-        elif name == b"content-length":
-            lengths.append(value.strip(b"\t "))
-        else:
-            codings.append(value)
-
     # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
     # code to any HTTP/1.1 request message that lacks a Host header field and
     # to any request message that contains more than one Host header field".
-    if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
+    if hosts > 1 or (hosts == 0 and http11):
         raise Reject(400, "missing Host header" if hosts == 0 else "several Host headers")
 
     body: int | None = None
@@ -269,7 +347,7 @@ def _framing(version: bytes, fields: list[tuple[bytes, bytes]]) -> int | None:
             raise Reject(400, "both Content-Length and Transfer-Encoding")
         # RFC 9112 §6.1: a server that receives Transfer-Encoding in an
         # HTTP/1.0 request MUST treat the message as faulty.
-        if version == b"HTTP/1.0":
+        if not http11:
             raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
         # RFC 9112 §6.3: "If a Transfer-Encoding header field is present in a
         # request and the chunked transfer coding is not the final encoding,
@@ -314,52 +392,23 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return out
 
 
-def interpret(method: bytes, target: bytes, version: str,
-              headers: list[tuple[bytes, bytes]]) -> RequestHead:
-    """Build the neutral head: keep-alive, upgrade, 100-continue, path and query.
+def interpret(split: SplitHead, meaning: Semantics, headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    """Build the neutral head from the checked parts, their semantics and the library's fields.
 
     ``headers`` have lower-cased names and values stripped of OWS, as both
     adapters deliver them.
     """
-    connection: list[bytes] = []
-    upgrade: bytes | None = None
-    expect = False
-    for name, value in headers:
-        if name == b"connection":
-            connection.append(value)
-        elif name == b"upgrade":
-            upgrade = value
-        elif name == b"expect":
-            expect = value.lower() == b"100-continue"
-
-    if connection:
-        tokens = _tokens(connection)
-        if version == "1.1":
-            keep_alive = b"close" not in tokens
-        else:
-            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
-    else:
-        tokens = []
-        keep_alive = version == "1.1"
-    upgrade_token = None
-    if upgrade is not None and b"upgrade" in tokens:
-        first = upgrade.split(b",", 1)[0].strip(b" \t").lower()
-        upgrade_token = first or None
-
+    method, target, version, _ = split
     raw_path, query = _split_target(method, target)
-    head = RequestHead(
-        method=method.decode("ascii"),
-        raw_path=raw_path,
-        # Most paths have no escapes: skip unquote's work for them.
-        path=unquote(raw_path.decode("ascii")) if b"%" in raw_path else raw_path.decode("ascii"),
-        query_string=query,
-        http_version=version,
-        headers=headers,
-        keep_alive=keep_alive,
-        upgrade=upgrade_token,
-        expect_continue=expect and version == "1.1",
-    )
-    return head
+    path = raw_path.decode("ascii")
+    if b"%" in raw_path:  # most paths have no escapes: skip unquote's work for them
+        path = unquote(path)
+    _, keep_alive, upgrade, expect_continue = meaning
+    return RequestHead(method.decode("ascii"), raw_path, path, query, VERSIONS[version], headers,
+                       keep_alive, upgrade, expect_continue)
+
+
+VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 
 
 def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes]:

@@ -18,7 +18,7 @@ import h11
 
 from server_core.http.events import Event
 from server_core.http.head import HeadLimits
-from server_core.http.reader import Fields, LibraryError, MessageReader, body_event
+from server_core.http.reader import Headers, LibraryError, MessageReader, body_event
 
 # h11's own default, used when --h11-max-incomplete-event-size is not given.
 DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
@@ -43,7 +43,7 @@ class H11Parser(MessageReader):
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_event)
         self._complete = False
 
-    def _parse_head(self, head: bytes) -> Fields:
+    def _parse_head(self, head: bytes) -> Headers:
         conn = self._conn
         conn.receive_data(head)
         try:
@@ -55,9 +55,7 @@ class H11Parser(MessageReader):
         except h11.RemoteProtocolError as exc:
             raise LibraryError(f"malformed request ({exc})") from None
         # Iterating h11's Headers gives lower-cased names; strip OWS like httptools.
-        headers = [(name, value.strip(b" \t")) for name, value in event.headers]
-        version = event.http_version.decode("ascii")
-        return event.method, event.target, version, headers
+        return [(name, value.strip(b" \t")) for name, value in event.headers]
 
     def _parse_body(self, piece: bytes, events: list[Event]) -> bool:
         conn = self._conn

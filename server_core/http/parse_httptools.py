@@ -13,7 +13,7 @@ import httptools
 
 from server_core.http.events import Event
 from server_core.http.head import HeadLimits
-from server_core.http.reader import Fields, LibraryError, MessageReader, body_event
+from server_core.http.reader import Headers, LibraryError, MessageReader, body_event
 
 
 class HttptoolsParser(MessageReader):
@@ -22,7 +22,6 @@ class HttptoolsParser(MessageReader):
     def __init__(self, limits: HeadLimits | None = None, *,
                  upgrade_tokens: frozenset[bytes] = frozenset()) -> None:
         super().__init__(limits, upgrade_tokens=upgrade_tokens)
-        self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._headers_done = False
@@ -31,10 +30,8 @@ class HttptoolsParser(MessageReader):
         self._start_message()
 
     # -- llhttp callbacks (called from inside feed_data) -----------------------
-
-    def on_url(self, url: bytes) -> None:
-        if not self._headers_done:
-            self._url.append(url)
+    # No on_url: the shared checks already split the request line, and each
+    # callback llhttp finds on this object costs a Python call per request.
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # After the head, llhttp reports trailer fields here too: ASGI has no
@@ -58,16 +55,14 @@ class HttptoolsParser(MessageReader):
         # upgrade pause (or before the first request) is a fresh one needed.
         if self._upgraded:
             self._parser = httptools.HttpRequestParser(self)
-        self._url = []
         self._headers = []
         self._headers_done = False
         self._complete = False
         self._upgraded = False
 
-    def _parse_head(self, head: bytes) -> Fields:
-        parser = self._parser
+    def _parse_head(self, head: bytes) -> Headers:
         try:
-            parser.feed_data(head)
+            self._parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             # llhttp stops after an upgrade head; whether we really switch
             # protocols is decided by the caller.
@@ -76,8 +71,7 @@ class HttptoolsParser(MessageReader):
             raise LibraryError(f"malformed request ({exc})") from None
         if not self._headers_done:
             raise LibraryError("incomplete request head")
-        target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        return parser.get_method(), target, parser.get_http_version(), self._headers
+        return self._headers
 
     def _start_body(self, length: int) -> None:
         if self._upgraded:

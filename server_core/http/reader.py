@@ -15,12 +15,21 @@ from __future__ import annotations
 
 from server_core.http.chunked import ChunkScanner
 from server_core.http.events import END_OF_MESSAGE, Body, Event, ParseError
-from server_core.http.head import HeadLimits, HeadScanner, Reject, check_head, interpret
+from server_core.http.head import (
+    HeadLimits,
+    HeadScanner,
+    Reject,
+    SplitHead,
+    check_head,
+    interpret,
+    match_head,
+    semantics,
+)
 from server_core.state import RequestHead
 
 _HEAD, _BODY, _UPGRADED, _CLOSED = range(4)
 
-Fields = tuple[bytes, bytes, str, list[tuple[bytes, bytes]]]
+Headers = list[tuple[bytes, bytes]]
 
 
 class LibraryError(Exception):
@@ -39,6 +48,10 @@ class MessageReader:
         self.upgrade_tokens = upgrade_tokens
         self._state = _HEAD
         self._scanner = HeadScanner(self.limits)
+        # A head no longer than this cannot pass any size limit, so a whole
+        # head of at most this many bytes may take the fast path.
+        limits = self.limits
+        self._fast_size = min(limits.request_line, limits.field_size, limits.head or limits.field_size)
         self._remaining = 0  # Content-Length bytes still to come
         self._chunks: ChunkScanner | None = None
         self._request: RequestHead | None = None  # the request whose body is arriving
@@ -73,11 +86,20 @@ class MessageReader:
             while data:
                 state = self._state
                 if state == _HEAD:
-                    found = self._scanner.feed(data)
+                    scanner = self._scanner
+                    if scanner.empty:
+                        fast = match_head(data, self._fast_size, self.limits.fields)
+                        if fast is not None:
+                            end, split = fast
+                            head, data = (data, b"") if end == len(data) else (data[:end], data[end:])
+                            self._on_head(head, split, events)
+                            continue
+                    found = scanner.feed(data)
                     if found is None:
                         break
                     head, data = found
-                    self._on_head(head, events)
+                    self._scanner = HeadScanner(self.limits)
+                    self._on_head(head, check_head(head), events)
                 elif state == _BODY:
                     data = self._on_body(data, events)
                 elif state == _UPGRADED:
@@ -105,15 +127,16 @@ class MessageReader:
 
     # -- the message state machine ------------------------------------------
 
-    def _on_head(self, head: bytes, events: list[Event]) -> None:
-        body = check_head(head)
-        method, target, version, headers = self._parse_head(head)
-        request = interpret(method, target, version, headers)
+    def _on_head(self, head: bytes, split: SplitHead, events: list[Event]) -> None:
+        # The framing rules first, on the raw fields: the libraries disagree on
+        # some of what they refuse, so they must never be the first to decide.
+        meaning = semantics(split[2], split[3])
+        request = interpret(split, meaning, self._parse_head(head))
         events.append(request)
         if request.upgrade is not None and request.upgrade in self.upgrade_tokens:
             self._state = _UPGRADED
             return
-        self._scanner = HeadScanner(self.limits)
+        body = meaning[0]
         if body is None:
             self._finish(request, events)
         else:
@@ -155,11 +178,12 @@ class MessageReader:
         """Prepare the library for the next request."""
         raise NotImplementedError
 
-    def _parse_head(self, head: bytes) -> Fields:
-        """Parse one complete, pre-checked head: method, target, version, headers.
+    def _parse_head(self, head: bytes) -> Headers:
+        """Parse one complete, pre-checked head; return its header fields.
 
-        Header names lower-cased, values stripped of OWS. Raise LibraryError
-        if the library refuses it.
+        Names lower-cased, values stripped of OWS. The request line was already
+        split by the shared checks; the library still parses it, and raises
+        LibraryError if it refuses anything.
         """
         raise NotImplementedError
 
