@@ -367,7 +367,10 @@ def resume(environ: MutableMapping[str, str] | None = None) -> Resumed | None:
 
 
 def _say(line: str) -> None:
-    print(f"corral: {line}", file=sys.stderr, flush=True)
+    # The master's plain-line switch: silent with --log-format json.
+    from daemon.pool import say
+
+    say(line)
 
 
 if __name__ == "__main__":
