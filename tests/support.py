@@ -208,3 +208,30 @@ def worker_pids(master_pid: int) -> set[int]:
         except psutil.NoSuchProcess:
             pass
     return pids
+
+
+def serves_hello(url: str) -> bool:
+    """True when ``url`` answers the bundled example app (examples/hello.py) with 200."""
+    import httpx
+
+    try:
+        response = httpx.get(url + "/", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.text.startswith("Hello from corral")
+
+
+def kill_supervised_tree(proc: Proc) -> None:
+    """Kill a supervising daemon first (so it cannot respawn corral), then everything it started."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    proc.kill()
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -17,12 +17,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from tests.load import Load
-from tests.support import FACTOR, ROOT, Proc, free_port, require_tool, wait_until
+from tests.support import (
+    FACTOR,
+    ROOT,
+    Proc,
+    free_port,
+    kill_supervised_tree,
+    require_tool,
+    serves_hello,
+    wait_until,
+    worker_pids,
+)
 
 SHIPPED = ROOT / "etc" / "circus.ini"
 BIN = Path(sys.executable).parent
@@ -83,35 +92,6 @@ class Circus:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _serves(url: str) -> bool:
-    try:
-        response = httpx.get(url + "/", timeout=2)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200 and response.text.startswith("Hello from corral")
-
-
-def _workers(master: int) -> set[int]:
-    try:
-        return {child.pid for child in psutil.Process(master).children()}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def _kill_tree(proc: Proc) -> None:
-    """Kill the supervising daemon first (so it cannot respawn corral), then all it started."""
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    proc.kill()
-    for child in descendants:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 @pytest.fixture
 def circus(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Circus]:
     circusd = require_tool("circusd", str(BIN / "circusd"))
@@ -127,23 +107,23 @@ def circus(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Circus]:
             return proc.dead() or (f"corral failed under circusd:\n{running.corral_log()[-3000:]}"
                                    if "boot_failed" in running.corral_log() else None)
 
-        wait_until(lambda: _serves(running.url), 30, "corral serving under circusd", alive=alive, interval=0.05)
+        wait_until(lambda: serves_hello(running.url), 30, "corral serving under circusd", alive=alive, interval=0.05)
         master = running.master_pid()
-        wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
+        wait_until(lambda: len(worker_pids(master)) == 2, 30, "two corral workers", alive=alive)
         yield running
     finally:
-        _kill_tree(proc)
+        kill_supervised_tree(proc)
 
 
 def test_hup_roll_under_load_then_quit(circus: Circus) -> None:
     master = circus.master_pid()
-    old = _workers(master)
+    old = worker_pids(master)
     with Load(circus.url + "/", clients=4, duration=90) as load:
         load.wait_successes(50)
         os.kill(master, signal.SIGHUP)
 
         def rolled() -> bool:
-            workers = _workers(master)
+            workers = worker_pids(master)
             return len(workers) == 2 and not workers & old
 
         wait_until(rolled, 60, "both workers replaced after HUP", alive=circus.circusd.dead, interval=0.05)
@@ -152,7 +132,7 @@ def test_hup_roll_under_load_then_quit(circus: Circus) -> None:
     assert report.failed == 0, report.summary()
     assert circus.master_pid() == master  # circus did not notice anything: same process
 
-    workers = _workers(master)
+    workers = worker_pids(master)
     assert circus.ctl("quit")["status"] == "ok"
     assert circus.circusd.wait_exit(60) == 0, circus.circusd.output()[-3000:]
     for pid in workers | {master}:
@@ -165,17 +145,17 @@ def test_hup_roll_under_load_then_quit(circus: Circus) -> None:
 def test_circusctl_signal_hup_rolls(circus: Circus) -> None:
     """The same roll through circus's own command: `circusctl signal web hup`."""
     master = circus.master_pid()
-    old = _workers(master)
+    old = worker_pids(master)
     assert circus.ctl("signal", "web", "hup")["status"] == "ok"
-    wait_until(lambda: (w := _workers(master)) and len(w) == 2 and not w & old, 60,
+    wait_until(lambda: (w := worker_pids(master)) and len(w) == 2 and not w & old, 60,
                "both workers replaced after circusctl signal", alive=circus.circusd.dead, interval=0.05)
-    assert _serves(circus.url)
+    assert serves_hello(circus.url)
 
 
 def test_usr2_upgrade_keeps_the_pid_circus_watches(circus: Circus) -> None:
     """The in-place upgrade under circus: same master PID, new workers, no failed request."""
     master = circus.master_pid()
-    old = _workers(master)
+    old = worker_pids(master)
     with Load(circus.url + "/", clients=4, duration=90) as load:
         load.wait_successes(50)
         assert circus.ctl("signal", "web", "usr2")["status"] == "ok"
@@ -187,10 +167,10 @@ def test_usr2_upgrade_keeps_the_pid_circus_watches(circus: Circus) -> None:
                     return f"corral logged {event}:\n{log[-3000:]}"
             return circus.circusd.dead()
 
-        wait_until(lambda: (w := _workers(master)) and len(w) == 2 and not w & old, 90,
+        wait_until(lambda: (w := worker_pids(master)) and len(w) == 2 and not w & old, 90,
                    "the upgraded master's workers replacing the old ones", alive=failed, interval=0.05)
         load.wait_successes(50)
     report = load.report
     assert report.failed == 0, report.summary()
     assert circus.master_pid() == master
-    assert _serves(circus.url)
+    assert serves_hello(circus.url)

@@ -14,12 +14,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from tests.load import Load
-from tests.support import FACTOR, ROOT, Proc, free_port, require_tool, wait_until
+from tests.support import (
+    FACTOR,
+    ROOT,
+    Proc,
+    free_port,
+    kill_supervised_tree,
+    require_tool,
+    serves_hello,
+    wait_until,
+    worker_pids,
+)
 
 SHIPPED = ROOT / "etc" / "supervisord.conf"
 BIN = Path(sys.executable).parent
@@ -84,35 +93,6 @@ class Supervised:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _serves(url: str) -> bool:
-    try:
-        response = httpx.get(url + "/", timeout=2)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200 and response.text.startswith("Hello from corral")
-
-
-def _workers(master: int) -> set[int]:
-    try:
-        return {child.pid for child in psutil.Process(master).children()}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def _kill_tree(proc: Proc) -> None:
-    """Kill the supervising daemon first (so it cannot respawn corral), then all it started."""
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    proc.kill()
-    for child in descendants:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 @pytest.fixture
 def supervised(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Supervised]:
     supervisord = require_tool("supervisord", str(BIN / "supervisord"))
@@ -129,24 +109,24 @@ def supervised(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[Supervise
                 dead = f"corral failed under supervisord:\n{sup.log_text()[-3000:]}\n{sup.program_log()[-3000:]}"
             return dead
 
-        wait_until(lambda: _serves(sup.url), 30, "corral serving under supervisord", alive=alive, interval=0.05)
+        wait_until(lambda: serves_hello(sup.url), 30, "corral serving under supervisord", alive=alive, interval=0.05)
         wait_until(lambda: sup.state() == "RUNNING", 30, "supervisorctl status RUNNING", alive=alive)
         master = sup.master_pid()
-        wait_until(lambda: len(_workers(master)) == 2, 30, "two corral workers", alive=alive)
+        wait_until(lambda: len(worker_pids(master)) == 2, 30, "two corral workers", alive=alive)
         yield sup
     finally:
-        _kill_tree(proc)
+        kill_supervised_tree(proc)
 
 
 def test_hup_roll_under_load_then_clean_stop(supervised: Supervised) -> None:
     master = supervised.master_pid()
-    old = _workers(master)
+    old = worker_pids(master)
     with Load(supervised.url + "/", clients=4, duration=90) as load:
         load.wait_successes(50)
         assert supervised.ctl("signal", "HUP", "corral") == "corral: signalled"
 
         def rolled() -> bool:
-            workers = _workers(master)
+            workers = worker_pids(master)
             return len(workers) == 2 and not workers & old
 
         wait_until(rolled, 60, "both workers replaced after HUP", alive=supervised.supervisord.dead,
@@ -157,7 +137,7 @@ def test_hup_roll_under_load_then_clean_stop(supervised: Supervised) -> None:
     assert supervised.master_pid() == master
     assert supervised.state() == "RUNNING"
 
-    workers = _workers(master)
+    workers = worker_pids(master)
     assert supervised.ctl("stop", "corral") == "corral: stopped"
     wait_until(lambda: "stopped: corral (exit status 0)" in supervised.log_text(), 30,
                "'stopped: corral (exit status 0)' in the supervisord log", alive=supervised.supervisord.dead)
@@ -168,13 +148,13 @@ def test_hup_roll_under_load_then_clean_stop(supervised: Supervised) -> None:
 
 def test_usr2_upgrade_keeps_the_pid_supervisor_watches(supervised: Supervised) -> None:
     master = supervised.master_pid()
-    old = _workers(master)
+    old = worker_pids(master)
     with Load(supervised.url + "/", clients=4, duration=90) as load:
         load.wait_successes(50)
         assert supervised.ctl("signal", "USR2", "corral") == "corral: signalled"
 
         def upgraded() -> bool:
-            workers = _workers(master)
+            workers = worker_pids(master)
             return len(workers) == 2 and not workers & old
 
         def failed() -> str | None:
@@ -193,4 +173,4 @@ def test_usr2_upgrade_keeps_the_pid_supervisor_watches(supervised: Supervised) -
     assert supervised.master_pid() == master
     assert supervised.state() == "RUNNING"
     assert "exited: corral" not in supervised.log_text()
-    assert _serves(supervised.url)
+    assert serves_hello(supervised.url)
