@@ -758,3 +758,73 @@ def test_refused_upload_still_gets_its_answer(serve, clients) -> None:
     status, headers, _ = client.response()
     assert status == 413 and headers[b"connection"] == b"close"
     assert client.closed()
+
+
+async def _stream_then_wait(scope: dict, receive: Any, send: Any) -> None:
+    """Sends a first piece, then waits far longer than any test: the piece must not wait with it."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"first piece", "more_body": True})
+    await asyncio.sleep(3600)
+
+
+def test_streamed_piece_leaves_before_the_app_waits(serve, clients) -> None:
+    """Pieces sent with more_body are written together at the end of the loop's pass, not held."""
+    server = serve(_stream_then_wait)
+    client = clients(server.port)
+    client.send(GET % b"/")
+    head = client.read_until(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert client.read_until(b"first piece\r\n") == b"b\r\nfirst piece\r\n"
+
+
+async def _large_pieces(scope: dict, receive: Any, send: Any) -> None:
+    big = bytes(range(256)) * 400  # 100 KiB: past the copy and flush thresholds
+    headers = [(b"content-length", b"%d" % (3 * len(big)))] if scope["path"] == "/length" else []
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": big, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": True})
+    await send({"type": "http.response.body", "body": big, "more_body": True})
+    await send({"type": "http.response.body", "body": big})
+
+
+@pytest.mark.parametrize("path", [b"/length", b"/chunked"])
+def test_large_streamed_pieces_arrive_intact(serve, clients, path: bytes) -> None:
+    server = serve(_large_pieces)
+    client = clients(server.port)
+    for _ in range(2):  # and the connection is still usable after
+        client.send(GET % path)
+        status, headers, body = client.response()
+        assert status == 200 and body == (bytes(range(256)) * 400) * 3
+        assert (b"content-length" in headers) == (path == b"/length")
+
+
+def _app_with_headers(headers: list) -> Any:
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+    return app
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"bad name", b"v")], [(b"x-a", b"v\r\nx-injected: 1")], [(b"x-a", b"\x00")],
+    [(b"content-length", b"x")], [(b"content-length", b"2")], [(b"content-length", b"0")],
+])
+def test_invalid_response_headers_give_500(serve, clients, headers: list) -> None:
+    """Checked before anything is written (a wrong Content-Length too): a clean 500."""
+    server = serve(_app_with_headers(headers))
+    for _ in range(2):  # the same again: nothing about a bad header is remembered as good
+        client = clients(server.port)
+        client.send(GET % b"/")
+        status, headers_seen, body = client.response()
+        assert status == 500 and headers_seen[b"connection"] == b"close"
+        assert b"injected" not in body
+
+
+def test_application_header_names_keep_their_case_and_order(serve, clients) -> None:
+    server = serve(_app_with_headers([(b"X-Upper", b"1"), (b"server", b"app"), (b"x-b", b"2")]))
+    client = clients(server.port)
+    client.send(GET % b"/")
+    head = client.read_until(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[1:4] == [b"X-Upper: 1", b"server: app", b"x-b: 2"]
+    assert head.count(b"server:") == 1 and b"date: " in head

@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from server_core.http import response as resp
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("corral.error")
 
 _DISCONNECT = {"type": "http.disconnect"}
+
+# A body piece smaller than this is copied to join its head or chunk framing
+# in one buffer; a larger one is written as it is, beside them.
+COPY_LIMIT = 16 * 1024
 
 
 def http_scope(head: RequestHead, client: tuple[str, int] | None, server: tuple[str, int] | None,
@@ -117,7 +122,11 @@ class RequestCycle:
     # -- running the application -------------------------------------------------
 
     def start(self, app: Any, fresh_context: bool) -> asyncio.Task[None]:
-        """Run the application for this request in a task."""
+        """Run the application for this request in a task.
+
+        The task leaves ``state.tasks`` by itself at the end of :meth:`run`,
+        which saves a done callback (and a pass of the loop) per request.
+        """
         self.start_time = time.monotonic() if self.protocol.state.access_log is not None else 0.0
         coro = self.run(app)
         loop = self.protocol.loop
@@ -153,6 +162,8 @@ class RequestCycle:
                 if not self.disconnected:
                     logger.error("ASGI callable returned without completing response.")
                 self._abandon()
+        finally:
+            self.protocol.state.tasks.discard(self.task)
 
     def _abandon(self) -> None:
         """The application failed: answer 500 if nothing was sent yet, else cut the connection."""
@@ -216,28 +227,35 @@ class RequestCycle:
                     "after the response completed." if self.complete else "before http.response.start."))
             body = message.get("body", b"")
             more = message.get("more_body", False)
-            if not self.head_sent:
-                self._write_head(None if more else len(body))
-            if body:
-                self._write_body(body)
-            if not more:
-                self._finish()
-            elif self.protocol.write_paused:
-                await self.protocol.drain()
-                if self.disconnected:
-                    raise ClientDisconnected("client disconnected")
+            protocol = self.protocol
+            if more:
+                # Written at the end of this pass of the loop, together with
+                # whatever the application sends before it waits: a response
+                # streamed in many small messages leaves in few writes.
+                if not self.head_sent:
+                    protocol.write_soon(self._head(None))
+                    self.head_sent = True
+                if body:
+                    self._body(body, protocol.write_soon)
+                if protocol.write_paused:
+                    await protocol.drain()
+                    if self.disconnected:
+                        raise ClientDisconnected("client disconnected")
+            else:
+                self._last_body(body)
         elif kind == "http.response.start":
             if self.started:
                 raise RuntimeError("Unexpected ASGI message 'http.response.start' sent twice.")
             self.started = True
             self.status = int(message["status"])
-            self.headers = list(message.get("headers", ()))
+            self.headers = message.get("headers", ())
         else:
             raise RuntimeError(f"Unexpected ASGI message {kind!r} in an http scope.")
 
     # -- writing ---------------------------------------------------------------------
 
-    def _write_head(self, body_length: int | None) -> None:
+    def _head(self, body_length: int | None) -> bytes:
+        """Encode the response head (sent with the first body message); sets the framing."""
         protocol = self.protocol
         state = protocol.state
         keep_alive = self.keep_alive and not protocol.closing and not state.stopping
@@ -246,33 +264,66 @@ class RequestCycle:
         # an unknown amount, and a 100-continue client may never send it).
         if not self.body_complete:
             keep_alive = False
+        request = self.head
         head, self.framing, self.length_left, self.keep_alive = resp.encode_head(
-            self.status, self.headers, protocol.defaults(), keep_alive=keep_alive, http10=self.head.http_version == "1.0",
-            head_request=self.head.method == "HEAD", body_length=body_length)
+            self.status, self.headers, protocol.defaults(), keep_alive=keep_alive,
+            http10=request.http_version == "1.0", head_request=request.method == "HEAD",
+            body_length=body_length)
         if self.framing != resp.LENGTH:
             self.length_left = None  # only a length-framed body is counted
-        self.head_sent = True
-        protocol.write(head)
+        return head
 
-    def _write_body(self, body: bytes) -> None:
+    def _body(self, body: bytes, write: Callable[[bytes], None]) -> None:
+        """Frame and write one non-empty piece of the body."""
         framing = self.framing
         if framing == resp.NO_BODY:
             return
         if framing == resp.CHUNKED:
-            self.protocol.write(resp.chunk(body))
+            if len(body) < COPY_LIMIT:
+                write(resp.chunk(body))
+            else:  # no copy of a large body to frame it
+                write(b"%x\r\n" % len(body))
+                write(body)
+                write(b"\r\n")
         else:
             if self.length_left is not None:
                 if len(body) > self.length_left:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.length_left -= len(body)
-            self.protocol.write(body)
+            write(body)
         self.bytes_sent += len(body)
 
-    def _finish(self) -> None:
+    def _last_body(self, body: bytes) -> None:
+        """The last body message: write what is left of the response in one go, and finish."""
+        protocol = self.protocol
+        if not self.head_sent:
+            head = self._head(len(body))
+            if self.framing == resp.LENGTH and len(body) < COPY_LIMIT:
+                # The usual response: head and whole body in one write (one
+                # system call), without the overhead of a deferred write.
+                # Checked before anything is written: a wrong Content-Length
+                # still gets a clean 500.
+                if len(body) != self.length_left:
+                    raise RuntimeError("Response content %s than Content-Length" % (
+                        "longer" if len(body) > self.length_left else "shorter"))  # type: ignore[operator]
+                self.length_left = 0
+                self.head_sent = True
+                protocol.write(head + body)
+                self.bytes_sent = len(body)
+                self._finish()
+                return
+            protocol.write_soon(head)
+            self.head_sent = True
+        if body:
+            self._body(body, protocol.write_soon)
         if self.framing == resp.CHUNKED:
-            self.protocol.write(resp.LAST_CHUNK)
+            protocol.write_soon(resp.LAST_CHUNK)
         elif self.length_left:
             raise RuntimeError("Response content shorter than Content-Length")
+        protocol.flush()
+        self._finish()
+
+    def _finish(self) -> None:
         self.complete = True
         self._wake()
         self.protocol.response_complete(self)

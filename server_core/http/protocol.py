@@ -18,7 +18,7 @@ from typing import Any, cast
 from server_core.http import make_parser
 from server_core.http.cycle import RequestCycle, http_scope
 from server_core.http.events import Body, EndOfMessage, ParseError
-from server_core.http.response import simple_response
+from server_core.http.response import ServerHeaders, server_headers, simple_response
 from server_core.proxy import ProxyTrust
 from server_core.state import RequestHead, ServerState
 
@@ -28,6 +28,8 @@ logger = logging.getLogger("corral.error")
 # socket, and the level at which reading resumes.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# Deferred response bytes (HTTPProtocol.write_soon) written at once beyond this.
+FLUSH_SIZE = 64 * 1024
 # Pipelined requests parsed ahead of the one being served, before we stop reading.
 MAX_PIPELINE = 16
 # After answering a request whose body was not read: how long to keep reading
@@ -88,6 +90,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._pending: list[bytes] = []  # deferred writes (see write_soon)
+        self._pending_size = 0
         self.closing = False  # shutdown asked: close after the current exchange
         self.retiring = False
         self.gone = False  # the transport is closed (or handed over)
@@ -118,6 +122,7 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection; a running request sees ``http.disconnect``."""
         self.gone = True
+        self._pending = []
         self.state.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
@@ -289,16 +294,51 @@ class HTTPProtocol(asyncio.Protocol):
 
     # -- used by the cycle ----------------------------------------------------
 
-    def defaults(self) -> list[tuple[bytes, bytes]]:
-        """The server's own response headers (server, --header, date)."""
+    def defaults(self) -> ServerHeaders:
+        """The server's own response headers (server, --header, date), encoded."""
         state = self.state
-        return state.default_headers + state.date_header if state.date_header else state.default_headers
+        return server_headers(state.default_headers, state.date_header)
 
     def write(self, data: bytes) -> None:
-        """Write to the client (dropped once the connection is gone)."""
-        if not self.gone:
+        """Write to the client now, after any deferred writes (dropped once the connection is gone)."""
+        if self._pending:
+            self._pending.append(data)
+            self.flush()
+        elif not self.gone:
             assert self.transport is not None
             self.transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        """Write to the client at the end of this pass of the event loop.
+
+        Each ``transport.write`` is a system call: what the application sends
+        before it next waits leaves in one ``writelines`` (one ``writev``).
+        A large amount is written at once, so the transport's flow control
+        still sees it.
+        """
+        if self.gone:
+            return
+        pending = self._pending
+        if not pending:
+            self.loop.call_soon(self.flush)
+        pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= FLUSH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what :meth:`write_soon` deferred, now."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_size = 0
+        if not self.gone:
+            assert self.transport is not None
+            if len(pending) == 1:
+                self.transport.write(pending[0])
+            else:
+                self.transport.writelines(pending)
 
     def body_consumed(self, size: int) -> None:
         """The application took ``size`` buffered body bytes."""
@@ -406,6 +446,7 @@ class HTTPProtocol(asyncio.Protocol):
         """Close the transport now (after the graceful timeout)."""
         if self.transport is not None and not self.gone:
             self.gone = True
+            self._pending = []
             self.transport.abort()
 
     def _bytes_waiting(self) -> bool:
@@ -439,6 +480,7 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self.lingering = True
         self.queue.clear()
+        self.flush()
         transport.write_eof()
         if self.read_paused:
             self.read_paused = False
@@ -450,6 +492,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.gone and self.transport is not None:
+            self.flush()
             self.gone = True
             self.transport.close()
             if self._timer is not None:
@@ -464,6 +507,7 @@ class HTTPProtocol(asyncio.Protocol):
         assert handoff is not None and self.transport is not None
         head = cycle.head
         scope = cycle.scope
+        self.flush()  # earlier pipelined answers go out before the handshake's
         self.cycle = self.receiving = None
         self.gone = True
         if self._timer is not None:

@@ -47,53 +47,120 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def encode_head(status: int, headers: Iterable[tuple[bytes, bytes]],
-                defaults: list[tuple[bytes, bytes]], *, keep_alive: bool, http10: bool,
-                head_request: bool, body_length: int | None) -> tuple[bytes, int, int | None, bool]:
+class ServerHeaders:
+    """The server's own response headers (server, date, --header), encoded once.
+
+    ``fields`` as the worker keeps them; ``block`` the same already as header
+    lines, appended whole to every response that does not set its own
+    ``server`` or ``date``.
+    """
+
+    __slots__ = ("base", "date", "fields", "block")
+
+    def __init__(self, base: list[tuple[bytes, bytes]], date: list[tuple[bytes, bytes]]) -> None:
+        self.base = base
+        self.date = date
+        self.fields = base + date
+        self.block = b"".join(b"%s: %s\r\n" % field for field in self.fields)
+
+
+_server_headers: ServerHeaders | None = None
+
+
+def server_headers(base: list[tuple[bytes, bytes]], date: list[tuple[bytes, bytes]]) -> ServerHeaders:
+    """The encoded server headers for these lists, made again only when one is replaced.
+
+    The worker replaces its date list once a second (never changes one in
+    place), so checking identity is enough. The cache holds both lists, so
+    neither id can be reused while it stands.
+    """
+    global _server_headers
+    cached = _server_headers
+    if cached is None or cached.date is not date or cached.base is not base:
+        cached = _server_headers = ServerHeaders(base, date)
+    return cached
+
+
+# What encode_head() must look at among the application's headers; any other
+# name is copied through.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
+_SPECIAL = {b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
+            b"connection": _CONNECTION, b"server": _SERVER, b"date": _DATE}
+
+# Header names already checked against the token grammar, with their lower-case
+# form. Applications send the same few names again and again, so a dictionary
+# lookup replaces a regular-expression match and a lower() on nearly every
+# header; bounded, so a stream of distinct names cannot grow it forever.
+_checked_names: dict[bytes, bytes] = {}
+_CHECKED_NAMES_MAX = 1024
+
+
+def _lower_name(name: bytes) -> bytes:
+    if not _NAME_RE.fullmatch(name):
+        raise RuntimeError(f"invalid HTTP header name {name!r}")
+    lname = name.lower()
+    if type(name) is bytes:  # a bytearray cannot be a key
+        if len(_checked_names) >= _CHECKED_NAMES_MAX:
+            _checked_names.clear()
+        _checked_names[name] = lname
+    return lname
+
+
+def encode_head(status: int, headers: Iterable[tuple[bytes, bytes]], defaults: ServerHeaders, *,
+                keep_alive: bool, http10: bool, head_request: bool,
+                body_length: int | None) -> tuple[bytes, int, int | None, bool]:
     """Encode a response head.
 
-    ``defaults`` are the server's own headers (server, date, --header), left
-    out where the application set the same name. ``body_length`` is the length
-    of the whole body when it is already known (the application sent it in one
-    message), else None. Returns ``(head, framing, content_length,
-    keep_alive)``; ``keep_alive`` is False when the response asks to close.
-    Raises RuntimeError for an invalid header from the application.
+    ``defaults`` are the server's own headers (server, date, --header); server
+    and date are left out where the application set them. ``body_length`` is
+    the length of the whole body when it is already known (the application
+    sent it in one message), else None. Returns ``(head, framing,
+    content_length, keep_alive)``; ``keep_alive`` is False when the response
+    asks to close. Raises RuntimeError for an invalid header from the
+    application.
     """
     parts = [status_line(status)]
     append = parts.append
     content_length: int | None = None
     chunked = False
     seen_server = seen_date = False
+    checked = _checked_names
     for name, value in headers:
-        if not _NAME_RE.fullmatch(name):
-            raise RuntimeError(f"invalid HTTP header name {name!r}")
+        try:
+            lname = checked[name]
+        except (KeyError, TypeError):
+            lname = _lower_name(name)
         if _BAD_VALUE_RE.search(value):
             raise RuntimeError(f"invalid HTTP header value {value!r}")
-        lname = name.lower()
-        if lname == b"content-length":
-            if content_length is not None or not value.strip().isdigit():
-                raise RuntimeError(f"invalid content-length {value!r}")
-            content_length = int(value)
-        elif lname == b"transfer-encoding":
-            # The application asks for chunked; we do the chunking, and
-            # never forward another coding we would not apply.
-            chunked = True
-            continue
-        elif lname == b"connection":
-            if b"close" in value.lower():
-                keep_alive = False
-            continue
-        elif lname == b"server":
-            seen_server = True
-        elif lname == b"date":
-            seen_date = True
+        kind = _SPECIAL.get(lname)
+        if kind is not None:
+            if kind == _CONTENT_LENGTH:
+                if content_length is not None or not value.strip().isdigit():
+                    raise RuntimeError(f"invalid content-length {value!r}")
+                content_length = int(value)
+            elif kind == _TRANSFER_ENCODING:
+                # The application asks for chunked; we do the chunking, and
+                # never forward another coding we would not apply.
+                chunked = True
+                continue
+            elif kind == _CONNECTION:
+                if b"close" in value.lower():
+                    keep_alive = False
+                continue
+            elif kind == _SERVER:
+                seen_server = True
+            else:
+                seen_date = True
         append(b"%s: %s\r\n" % (name, value))
     if chunked and content_length is not None:
         raise RuntimeError("response has both content-length and transfer-encoding")
-    for name, value in defaults:
-        if (name == b"server" and seen_server) or (name == b"date" and seen_date):
-            continue
-        append(b"%s: %s\r\n" % (name, value))
+    if not (seen_server or seen_date):
+        append(defaults.block)
+    else:
+        for name, value in defaults.fields:
+            if (name == b"server" and seen_server) or (name == b"date" and seen_date):
+                continue
+            append(b"%s: %s\r\n" % (name, value))
 
     if status < 200 or status == 204 or status == 304:
         framing = NO_BODY
@@ -124,7 +191,7 @@ def encode_head(status: int, headers: Iterable[tuple[bytes, bytes]],
     return b"".join(parts), framing, content_length, keep_alive
 
 
-def simple_response(status: int, text: str, defaults: list[tuple[bytes, bytes]], *,
+def simple_response(status: int, text: str, defaults: ServerHeaders, *,
                     keep_alive: bool = False) -> bytes:
     """A complete plain-text response (errors, 503) in one buffer."""
     body = text.encode("utf-8")
