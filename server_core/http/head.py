@@ -104,11 +104,6 @@ class HeadScanner:
         self._lines = 0  # complete lines so far (the request line is line 1)
         self._scanned = 0  # bytes already checked for bare LF / line ends
 
-    @property
-    def empty(self) -> bool:
-        """True while no byte of a head is held (not even a leading CR)."""
-        return not self._buf and not self.started
-
     def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
         """Add bytes; return ``(head, rest)`` once the head is complete, else None.
 
@@ -197,17 +192,27 @@ class HeadScanner:
 
 
 # The usual head in one regular expression: a known method, a target, HTTP/1.0
-# or 1.1, and field lines of the grammar above. Everything it accepts passes
-# every check of check_head() (the same grammar, narrowed to the methods and
-# versions we serve), so a head it matches needs no other syntax check;
-# anything else takes the slow path, which names the problem.
-_METHODS = rb"|".join(re.escape(method) for method in sorted(KNOWN_METHODS, key=len, reverse=True))
+# or 1.1, and field lines. Everything it accepts passes every check of
+# check_head() (the same grammar, narrowed to the methods and versions we
+# serve), so a head it matches needs no other syntax check; anything else takes
+# the slow path, which names the problem.
+#
+# Its field line is FIELD_LINE flattened: any run of SP, HTAB, VCHAR and
+# obs-text splits into OWS field-value OWS, so the value part of FIELD_LINE
+# accepts exactly [\t\x20-\x7e\x80-\xff]* -- as one character class it
+# matches without backtracking, twice as fast on a browser's head.
+_FAST_FIELD_LINE = TOKEN + rb":[\t\x20-\x7e\x80-\xff]*"
+# The usual methods first: the alternation is tried in order.
+_COMMON_METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+_METHODS = rb"|".join(re.escape(method) for method in _COMMON_METHODS + tuple(
+    sorted(KNOWN_METHODS.difference(_COMMON_METHODS))))
 HEAD_RE = re.compile(
-    rb"(" + _METHODS + rb") ([\x21-\x7e]+) (HTTP/1\.[01])\r\n((?:" + FIELD_LINE + rb"\r\n)*)\r\n"
+    rb"(" + _METHODS + rb") ([\x21-\x7e]+) (HTTP/1\.[01])((?:\r\n" + _FAST_FIELD_LINE + rb")*\r\n)\r\n"
 )
 
-# (method, target, version, field block): the field block is every field line
-# with its CRLF, without the blank line that ends the head.
+# (method, target, version, field block): the field block runs from the CRLF
+# that ends the request line to the CRLF that ends the last field line, so
+# every field name in it follows an LF.
 SplitHead = tuple[bytes, bytes, bytes, bytes]
 
 
@@ -218,17 +223,16 @@ def match_head(data: bytes, max_size: int, max_fields: int) -> tuple[int, SplitH
     head of at most ``max_size`` bytes (so no line can pass a line limit)
     holding at most ``max_fields`` fields, all accepted by :data:`HEAD_RE`;
     None for anything else, which then goes through :class:`HeadScanner` and
-    :func:`check_head`. Costs one bounded ``find``, one ``count`` and one
-    regular-expression match, all in C.
+    :func:`check_head`. One regular-expression match, in C.
     """
-    end = data.find(b"\r\n\r\n", 0, max_size)
-    if end < 0:
+    match = HEAD_RE.match(data, 0, max_size)
+    if match is None:
         return None
-    match = HEAD_RE.fullmatch(data, 0, end + 4)
-    # The CRLFs before the blank line: one per field line.
-    if match is None or data.count(CRLF, 0, end) > max_fields:
+    split = match.groups()
+    # One LF per field line, and the request line's.
+    if split[3].count(b"\n") > max_fields + 1:
         return None
-    return end + 4, match.groups()  # type: ignore[return-value]
+    return match.end(), split  # type: ignore[return-value]
 
 
 def check_head(head: bytes) -> SplitHead:
@@ -257,15 +261,17 @@ def check_head(head: bytes) -> SplitHead:
     fields = head[line_end + 2 : -2]
     if not FIELD_BLOCK_RE.fullmatch(fields):
         raise Reject(400, _field_problem(fields))
-    return method, target, version, fields
+    return method, target, version, head[line_end:-2]
 
 
 # The fields that decide framing and connection handling, found in the raw
 # (lower-cased) block, so no library's merging or dropping of repeated fields
 # can hide one. The grammar check already guarantees "name:" has no whitespace
-# before the colon and no value holds a CR.
+# before the colon and no value holds a CR. Values are taken whole (a greedy
+# class is much faster than trimming inside the expression); semantics()
+# trims what it reads.
 SEMANTIC_FIELD_RE = re.compile(
-    rb"\n(host|content-length|transfer-encoding|connection|upgrade|expect): *([^\r]*?) *\r"
+    rb"\n(host|content-length|transfer-encoding|connection|upgrade|expect):([^\r]*)"
 )
 
 # (body length: None for none, -1 for chunked; keep-alive; lower-cased
@@ -275,26 +281,31 @@ Semantics = tuple[int | None, bool, bytes | None, bool]
 
 def semantics(version: bytes, fields: bytes) -> Semantics:
     """Framing (RFC 9112 §6) and connection handling from a checked field block."""
+    found = SEMANTIC_FIELD_RE.findall(fields.lower())
+    http11 = version == b"HTTP/1.1"
+    if len(found) == 1 and found[0][0] == b"host":
+        # The usual request: one Host, nothing about the body or the connection.
+        return None, http11, None, False
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []
     connection: list[bytes] = []
     upgrade: bytes | None = None
     expect = False
-    for name, value in SEMANTIC_FIELD_RE.findall(b"\n" + fields.lower()):
+    for name, value in found:
         if name == b"host":
             hosts += 1
         elif name == b"content-length":
             lengths.append(value.strip(b"\t "))
         elif name == b"transfer-encoding":
-            codings.append(value)
+            # Only spaces are trimmed: an HTAB left in makes CODINGS_RE refuse it.
+            codings.append(value.strip(b" "))
         elif name == b"connection":
             connection.append(value)
         elif name == b"upgrade":
             upgrade = value  # the last one counts
         else:
             expect = value.strip(b" \t") == b"100-continue"
-    http11 = version == b"HTTP/1.1"
     body = _framing(http11, hosts, lengths, codings)
 
     if connection:
@@ -399,9 +410,12 @@ def interpret(split: SplitHead, meaning: Semantics, headers: list[tuple[bytes, b
     adapters deliver them.
     """
     method, target, version, _ = split
-    raw_path, query = _split_target(method, target)
+    if target[0] == _SLASH and _HASH not in target:  # origin-form, the usual: "/path?query"
+        raw_path, _, query = target.partition(b"?")
+    else:
+        raw_path, query = _split_target(method, target)
     path = raw_path.decode("ascii")
-    if b"%" in raw_path:  # most paths have no escapes: skip unquote's work for them
+    if _PERCENT in raw_path:  # most paths have no escapes: skip unquote's work for them
         path = unquote(path)
     _, keep_alive, upgrade, expect_continue = meaning
     return RequestHead(method.decode("ascii"), raw_path, path, query, VERSIONS[version], headers,
@@ -409,6 +423,11 @@ def interpret(split: SplitHead, meaning: Semantics, headers: list[tuple[bytes, b
 
 
 VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+
+# Bytes looked for as integers: on Python 3.11, ``b"#" in data`` first tries
+# the argument as an integer and formats a TypeError it then discards, which
+# costs more than the search; ``ord("#") in data`` goes straight to memchr.
+_SLASH, _HASH, _PERCENT = ord("/"), ord("#"), ord("%")
 
 
 def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes]:

@@ -47,11 +47,13 @@ class MessageReader:
         # ``trailing_data`` for whoever takes the connection over.
         self.upgrade_tokens = upgrade_tokens
         self._state = _HEAD
-        self._scanner = HeadScanner(self.limits)
+        # The slow path's scanner, only while it holds part of a head.
+        self._scanner: HeadScanner | None = None
         # A head no longer than this cannot pass any size limit, so a whole
         # head of at most this many bytes may take the fast path.
         limits = self.limits
         self._fast_size = min(limits.request_line, limits.field_size, limits.head or limits.field_size)
+        self._max_fields = limits.fields
         self._remaining = 0  # Content-Length bytes still to come
         self._chunks: ChunkScanner | None = None
         self._request: RequestHead | None = None  # the request whose body is arriving
@@ -62,7 +64,7 @@ class MessageReader:
     @property
     def head_started(self) -> bool:
         """True while part of a request head has arrived but not all of it."""
-        return self._state == _HEAD and self._scanner.started
+        return self._state == _HEAD and self._scanner is not None and self._scanner.started
 
     @property
     def in_body(self) -> bool:
@@ -87,18 +89,19 @@ class MessageReader:
                 state = self._state
                 if state == _HEAD:
                     scanner = self._scanner
-                    if scanner.empty:
-                        fast = match_head(data, self._fast_size, self.limits.fields)
+                    if scanner is None:  # no part of a head held from an earlier read
+                        fast = match_head(data, self._fast_size, self._max_fields)
                         if fast is not None:
                             end, split = fast
                             head, data = (data, b"") if end == len(data) else (data[:end], data[end:])
                             self._on_head(head, split, events)
                             continue
+                        scanner = self._scanner = HeadScanner(self.limits)
                     found = scanner.feed(data)
                     if found is None:
                         break
                     head, data = found
-                    self._scanner = HeadScanner(self.limits)
+                    self._scanner = None
                     self._on_head(head, check_head(head), events)
                 elif state == _BODY:
                     data = self._on_body(data, events)
@@ -121,7 +124,7 @@ class MessageReader:
         self._state = _CLOSED
         if state == _BODY:
             return [ParseError(400, "request body truncated")]
-        if state == _HEAD and self._scanner.started:
+        if state == _HEAD and self._scanner is not None and self._scanner.started:
             return [ParseError(400, "request head truncated")]
         return []
 
