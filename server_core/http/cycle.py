@@ -105,7 +105,8 @@ class RequestCycle:
     def message_complete(self) -> None:
         """The whole request body arrived."""
         self.body_complete = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def lost(self) -> None:
         """The client is gone: ``receive()`` answers ``http.disconnect`` from now on."""
@@ -266,7 +267,8 @@ class RequestCycle:
             keep_alive = False
         request = self.head
         head, self.framing, self.length_left, self.keep_alive = resp.encode_head(
-            self.status, self.headers, protocol.defaults(), keep_alive=keep_alive,
+            self.status, self.headers, resp.server_headers(state.default_headers, state.date_header),
+            keep_alive=keep_alive,
             http10=request.http_version == "1.0", head_request=request.method == "HEAD",
             body_length=body_length)
         if self.framing != resp.LENGTH:
@@ -325,9 +327,12 @@ class RequestCycle:
 
     def _finish(self) -> None:
         self.complete = True
-        self._wake()
-        self.protocol.response_complete(self)
-        self._log_access()
+        if self._waiter is not None:  # a receive() waiting for the end: http.disconnect
+            self._wake()
+        protocol = self.protocol
+        protocol.response_complete(self)
+        if protocol.state.access_log is not None:
+            self._log_access()
 
     def _log_access(self) -> None:
         access_log = self.protocol.state.access_log

@@ -246,9 +246,8 @@ class HTTPProtocol(asyncio.Protocol):
             cycle.complete = True
             self.response_complete(cycle)
             return
-        task = cycle.start(state.app, state.settings.reset_contextvars)
-        state.tasks.add(task)
-        task.add_done_callback(state.tasks.discard)
+        # The task takes itself out of state.tasks when it ends (RequestCycle.run).
+        state.tasks.add(cycle.start(state.app, state.settings.reset_contextvars))
 
     def _next(self) -> None:
         """Start the next queued request, or go idle."""
@@ -258,7 +257,8 @@ class HTTPProtocol(asyncio.Protocol):
                 self.write(simple_response(item.status, item.reason, self.defaults()))
                 self._close()
                 return
-            self._maybe_resume(LOW_WATER)
+            if self.read_paused:
+                self._maybe_resume(LOW_WATER)
             self._run(item)
             if self.cycle is not None:
                 return
@@ -272,7 +272,8 @@ class HTTPProtocol(asyncio.Protocol):
             self._arm(self.head_at + self.state.settings.timeout_request_head)
         else:
             self._arm(now + self.state.settings.timeout_keep_alive)
-        self._maybe_resume(LOW_WATER)
+        if self.read_paused:
+            self._maybe_resume(LOW_WATER)
 
     def response_complete(self, cycle: RequestCycle, broken: bool = False) -> None:
         """Called by the cycle once its response is fully written (or abandoned)."""

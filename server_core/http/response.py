@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Any
 
 # Body framing of a response.
 LENGTH = 0  # Content-Length given or computed: body bytes are written as they are
@@ -87,23 +88,42 @@ _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
 _SPECIAL = {b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
             b"connection": _CONNECTION, b"server": _SERVER, b"date": _DATE}
 
-# Header names already checked against the token grammar, with their lower-case
-# form. Applications send the same few names again and again, so a dictionary
-# lookup replaces a regular-expression match and a lower() on nearly every
-# header; bounded, so a stream of distinct names cannot grow it forever.
-_checked_names: dict[bytes, bytes] = {}
-_CHECKED_NAMES_MAX = 1024
+# An application's header field, checked and encoded: (line, kind, argument).
+# ``kind`` is one of the above, or None for a field copied through as it is;
+# ``argument`` is the Content-Length as an int, or whether Connection asks to close.
+Encoded = tuple[bytes, int | None, Any]
+
+# Applications send the same fields again and again (content-type, cache-control,
+# often the same content-length), so each (name, value) tuple is checked and
+# encoded once: a dictionary lookup then replaces two regular expressions, a
+# lower() and a formatting per header. Bounded, so distinct values (cookies,
+# etags) cannot grow it forever, and long values are never kept.
+_encoded: dict[tuple[bytes, bytes], Encoded] = {}
+_ENCODED_MAX = 1024
+_ENCODED_VALUE_MAX = 256
 
 
-def _lower_name(name: bytes) -> bytes:
+def _encode_field(field: tuple[bytes, bytes]) -> Encoded:
+    name, value = field
     if not _NAME_RE.fullmatch(name):
         raise RuntimeError(f"invalid HTTP header name {name!r}")
-    lname = name.lower()
-    if type(name) is bytes:  # a bytearray cannot be a key
-        if len(_checked_names) >= _CHECKED_NAMES_MAX:
-            _checked_names.clear()
-        _checked_names[name] = lname
-    return lname
+    if _BAD_VALUE_RE.search(value):
+        raise RuntimeError(f"invalid HTTP header value {value!r}")
+    kind = _SPECIAL.get(name.lower())
+    argument: Any = None
+    if kind == _CONTENT_LENGTH:
+        if not value.strip().isdigit():
+            raise RuntimeError(f"invalid content-length {value!r}")
+        argument = int(value)
+    elif kind == _CONNECTION:
+        argument = b"close" in value.lower()
+    encoded = (b"%s: %s\r\n" % (name, value), kind, argument)
+    if type(field) is tuple and type(name) is bytes and type(value) is bytes \
+            and len(value) <= _ENCODED_VALUE_MAX:
+        if len(_encoded) >= _ENCODED_MAX:
+            _encoded.clear()
+        _encoded[field] = encoded
+    return encoded
 
 
 def encode_head(status: int, headers: Iterable[tuple[bytes, bytes]], defaults: ServerHeaders, *,
@@ -119,39 +139,39 @@ def encode_head(status: int, headers: Iterable[tuple[bytes, bytes]], defaults: S
     asks to close. Raises RuntimeError for an invalid header from the
     application.
     """
-    parts = [status_line(status)]
+    parts = [STATUS_LINES.get(status) or status_line(status)]
     append = parts.append
     content_length: int | None = None
     chunked = False
     seen_server = seen_date = False
-    checked = _checked_names
-    for name, value in headers:
+    known = _encoded
+    for field in headers:
         try:
-            lname = checked[name]
-        except (KeyError, TypeError):
-            lname = _lower_name(name)
-        if _BAD_VALUE_RE.search(value):
-            raise RuntimeError(f"invalid HTTP header value {value!r}")
-        kind = _SPECIAL.get(lname)
+            encoded = known.get(field)  # type: ignore[call-overload]
+        except TypeError:  # a list, or bytearrays: not a key
+            encoded = None
+        if encoded is None:
+            encoded = _encode_field(field)
+        line, kind, argument = encoded
         if kind is not None:
             if kind == _CONTENT_LENGTH:
-                if content_length is not None or not value.strip().isdigit():
-                    raise RuntimeError(f"invalid content-length {value!r}")
-                content_length = int(value)
+                if content_length is not None:
+                    raise RuntimeError(f"invalid content-length {field[1]!r}")
+                content_length = argument
             elif kind == _TRANSFER_ENCODING:
                 # The application asks for chunked; we do the chunking, and
                 # never forward another coding we would not apply.
                 chunked = True
                 continue
             elif kind == _CONNECTION:
-                if b"close" in value.lower():
+                if argument:
                     keep_alive = False
                 continue
             elif kind == _SERVER:
                 seen_server = True
             else:
                 seen_date = True
-        append(b"%s: %s\r\n" % (name, value))
+        append(line)
     if chunked and content_length is not None:
         raise RuntimeError("response has both content-length and transfer-encoding")
     if not (seen_server or seen_date):
