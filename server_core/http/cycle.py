@@ -100,7 +100,8 @@ class RequestCycle:
         """A piece of this request's body arrived."""
         self.body.append(data)
         self.body_size += len(data)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def message_complete(self) -> None:
         """The whole request body arrived."""

@@ -344,7 +344,8 @@ class HTTPProtocol(asyncio.Protocol):
     def body_consumed(self, size: int) -> None:
         """The application took ``size`` buffered body bytes."""
         self.buffered -= size
-        self._maybe_resume(LOW_WATER)
+        if self.read_paused:
+            self._maybe_resume(LOW_WATER)
 
     def want_body(self) -> None:
         """The application waits for body bytes: make sure we are reading."""
