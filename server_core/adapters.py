@@ -20,6 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
@@ -142,16 +143,20 @@ async def _answer_lifespan(receive: Receive, send: Send, executor: ThreadPoolExe
 def build_environ(scope: Scope, body: Any) -> dict[str, Any]:
     """The PEP 3333 environ for an ASGI HTTP scope, reading the body from ``body``."""
     root_path: str = scope.get("root_path", "")
-    path: str = scope["path"]
+    # WSGI strings are "bytes as latin-1": PATH_INFO comes from the undecoded
+    # bytes so a non-UTF-8 escape such as %FF survives as \xff.
+    raw = scope.get("raw_path")
+    path = unquote_to_bytes(raw).decode("latin-1") if raw else scope["path"].encode("utf-8").decode("latin-1")
     # ASGI's path includes root_path; WSGI splits it into SCRIPT_NAME + PATH_INFO.
-    if root_path and (path == root_path or path.startswith(root_path.rstrip("/") + "/")):
-        path = path[len(root_path.rstrip("/")):]
+    script = root_path.rstrip("/").encode("utf-8").decode("latin-1")
+    if script and (path == script or path.startswith(script + "/")):
+        path = path[len(script):]
     server = scope.get("server") or ("localhost", 80)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope["method"],
         # WSGI strings are "bytes as latin-1": re-encode the decoded ASGI text.
-        "SCRIPT_NAME": root_path.rstrip("/").encode("utf-8").decode("latin-1"),
-        "PATH_INFO": path.encode("utf-8").decode("latin-1"),
+        "SCRIPT_NAME": script,
+        "PATH_INFO": path,
         "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
         "SERVER_NAME": str(server[0]),
         "SERVER_PORT": str(server[1]) if server[1] is not None else "80",

@@ -97,7 +97,7 @@ class CorralWorker(Worker):
             # Beat several times per gunicorn --timeout (0 disables its check).
             "timeout_worker_healthcheck": float(cfg.timeout) if cfg.timeout > 0 else 30.0,
             "access_log": cfg.accesslog is not None,
-            "extra": {"backlog": cfg.backlog},
+            "backlog": cfg.backlog,
         }
         if cfg.is_ssl:
             options = cfg.ssl_options

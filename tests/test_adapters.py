@@ -76,6 +76,14 @@ def test_build_environ_follows_pep_3333() -> None:
     assert environ["wsgi.version"] == (1, 0)
 
 
+def test_build_environ_keeps_non_utf8_path_bytes() -> None:
+    """PATH_INFO is the undecoded request bytes as latin-1, so %FF arrives as \xff, not U+FFFD."""
+    scope = {"method": "GET", "root_path": "/m", "path": "/m/a\ufffd", "raw_path": b"/m/a%FF%20b", "headers": []}
+    environ = build_environ(scope, body=None)
+    assert environ["SCRIPT_NAME"] == "/m"
+    assert environ["PATH_INFO"] == "/a\xff b"
+
+
 def test_build_environ_root_path_is_not_a_prefix_match() -> None:
     scope = {"method": "GET", "root_path": "/app", "path": "/application", "headers": []}
     environ = build_environ(scope, body=None)

@@ -169,7 +169,7 @@ def test_settings_come_from_gunicorns_config(tmp_path: Path) -> None:
     assert fast.forwarded_allow_ips == ("10.0.0.1", "10.0.0.2")
     assert fast.limit_max_requests == 100  # jitter 0
     assert fast.timeout_worker_healthcheck == 18 and fast.heartbeat_interval == 1.0
-    assert fast.extra["backlog"] == 512
+    assert fast.backlog == 512
     assert fast.ssl_certfile == str(tmp_path / "c.pem") and fast.ssl_keyfile == str(tmp_path / "k.pem")
     assert fast.ssl_ca_certs == str(tmp_path / "ca.pem") and fast.ssl_cert_reqs == 2
     assert fast.ssl_ciphers == "ECDHE+AESGCM"

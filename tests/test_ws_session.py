@@ -257,7 +257,7 @@ def test_scope(serve: Callable[..., Server], ws: str) -> None:
     assert scope["http_version"] == "1.1"
     assert scope["scheme"] == "ws"
     assert scope["root_path"] == "/api" and scope["path"] == "/api/scope"
-    assert scope["raw_path"] == "/scope" and scope["query_string"] == "x=1%202"
+    assert scope["raw_path"] == "/api/scope" and scope["query_string"] == "x=1%202"
     assert scope["extensions"] == {"websocket.http.response": {}}
     assert scope["client"][0] == "127.0.0.1" and scope["server"] == ["127.0.0.1", server.port]
     assert ["upgrade", "websocket"] in scope["headers"]

@@ -78,7 +78,8 @@ class WebSocketSession(asyncio.Protocol):
         self._engine: Engine | None = None
         self._client = client
         self._server = server
-        self._scheme = "wss" if scheme == "https" else "ws"
+        # A trusted proxy may say "wss" itself (X-Forwarded-Proto); TLS here says "https".
+        self._scheme = "wss" if scheme in ("https", "wss") else "ws"
         self._loop = asyncio.get_running_loop()
         self._phase = CONNECTING
         self._transport_closed = False
@@ -151,7 +152,8 @@ class WebSocketSession(asyncio.Protocol):
             "client": self._client,
             "root_path": root_path,
             "path": root_path + head.path,
-            "raw_path": head.raw_path,
+            # As for http (ASGI 2.4): raw_path carries the root path too.
+            "raw_path": root_path.encode("ascii", "ignore") + head.raw_path if root_path else head.raw_path,
             "query_string": head.query_string,
             "headers": head.headers,
             "subprotocols": self._subprotocols,
