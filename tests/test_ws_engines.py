@@ -168,6 +168,9 @@ def test_deflate_not_offered_not_negotiated() -> None:
     (request_head(key=b"not base64!"), 400),
     (request_head(key=base64.b64encode(b"short")), 400),
     (request_head(ws_version=b"8"), 400),
+    # Malformed lists and a second Upgrade protocol: refused the same on both engines.
+    (request_head((b"sec-websocket-extensions", b";;;,,")), 400),
+    (request_head((b"sec-websocket-protocol", b"a b, ,c")), 400),
 ])
 def test_invalid_handshake(head: RequestHead, status: int) -> None:
     with pytest.raises(HandshakeError) as info:
@@ -190,6 +193,12 @@ def test_missing_key_and_duplicate_host() -> None:
     with pytest.raises(HandshakeError):
         check_request(head)
     check_request(request_head())  # the valid one passes
+    head = request_head()
+    head.headers = [(k, b"websocket, h2c" if k == b"upgrade" else v) for k, v in head.headers]
+    with pytest.raises(HandshakeError):
+        check_request(head)
+    check_request(request_head((b"sec-websocket-protocol", b"chat, , superchat"),
+                               (b"sec-websocket-extensions", b'permessage-deflate; client_max_window_bits, x; a="b"')))
 
 
 # -- frames in, events out ------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import http
+import re
 from collections.abc import Iterable
 
 from server_core.state import RequestHead
@@ -34,6 +35,22 @@ def split_tokens(values: Iterable[bytes]) -> list[str]:
             if token:
                 tokens.append(token)
     return tokens
+
+
+# RFC 9110 5.6.2: token = 1*tchar
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PARAM = rb"\s*;\s*" + _TOKEN + rb'(?:\s*=\s*(?:' + _TOKEN + rb'|"(?:[^"\\]|\\.)*"))?'
+# RFC 6455 9.1: extension = extension-token *( ";" extension-param )
+_EXTENSION = re.compile(rb"\s*" + _TOKEN + rb"(?:" + _PARAM + rb")*\s*")
+_TOKEN_ONLY = re.compile(rb"\s*" + _TOKEN + rb"\s*")
+
+
+def _check_list(head: RequestHead, name: bytes, item: re.Pattern[bytes]) -> None:
+    """Each non-empty element of a comma list must match ``item`` (RFC 9110 5.6.1 allows empties)."""
+    for value in header_values(head.headers, name):
+        for element in value.split(b","):
+            if element.strip() and not item.fullmatch(element):
+                raise HandshakeError(400, f"malformed {name.decode()} header")
 
 
 def check_request(head: RequestHead) -> None:
@@ -68,6 +85,13 @@ def check_request(head: RequestHead) -> None:
     if [value.strip() for value in versions] != [WEBSOCKET_VERSION]:
         raise HandshakeError(400, "Sec-WebSocket-Version must be 13",
                              [(b"sec-websocket-version", WEBSOCKET_VERSION)])
+    # "An |Upgrade| header field containing the value "websocket"": one
+    # protocol, so both engines answer the same request the same way.
+    if [t.lower() for t in split_tokens(header_values(head.headers, b"upgrade"))] != ["websocket"]:
+        raise HandshakeError(400, "Upgrade must be exactly 'websocket'")
+    # Sec-WebSocket-Protocol = 1#token; Sec-WebSocket-Extensions = 1#extension.
+    _check_list(head, b"sec-websocket-protocol", _TOKEN_ONLY)
+    _check_list(head, b"sec-websocket-extensions", _EXTENSION)
 
 
 def offered_subprotocols(head: RequestHead) -> list[str]:
