@@ -54,6 +54,8 @@ class ServerState:
     retiring: bool = False
     # Default response headers, already encoded: [(b"server", b"corral"), ...]
     # ("date" is kept current by the worker and read from ``date_header``).
+    # Both lists are REPLACED when they change, never mutated in place: the
+    # response encoder caches the encoded block by the lists' identity.
     default_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     date_header: list[tuple[bytes, bytes]] = field(default_factory=list)
     # server_core.logs.AccessLog when --access-log is on, else None.
