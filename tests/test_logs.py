@@ -577,6 +577,76 @@ def test_access_log_off_by_level_and_through_user_formatters(tmp_path: Path) -> 
     assert fields[-1] == '1.2.3.4:5 - "GET / HTTP/1.1" 200 2B 1.00ms'
 
 
+def test_access_record_is_shaped_like_uvicorns_for_every_formatter(tmp_path: Path) -> None:
+    """msg/args as uvicorn's (its AccessFormatter unpacks five args); corral's formatters stay rich."""
+    proc = run(r"""
+        import json, uvicorn.config, uvicorn.logging
+        a = logs.AccessLog()
+        logs.configure(ServerSettings(log_format="json"))
+        captured = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                captured.append(record)
+        logging.getLogger("corral.access").addHandler(Keep())
+        a.log(("10.0.0.1", 7), "GET", b"/p", b"q=1", "1.1", 404, 9, 0.00123)
+        (record,) = captured
+        print(json.dumps([record.msg, list(record.args)]))
+        formatters = {
+            "plain": logging.Formatter("%(message)s"),
+            "fields": logging.Formatter("%(levelname)s %(name)s %(message)s"),
+            "uvicorn": uvicorn.logging.AccessFormatter(
+                uvicorn.config.LOGGING_CONFIG["formatters"]["access"]["fmt"], use_colors=False),
+            "uvicorn_message": uvicorn.logging.AccessFormatter("%(message)s", use_colors=False),
+            "json": logs.JSONFormatter(),
+            "console": logs.ConsoleFormatter(),
+            "console_colors": logs.ConsoleFormatter(colors=True),
+            "json_wrapped": logs.JSONFormatter("%(levelname)s %(message)s"),
+        }
+        # And the formatters the shipped example files build.
+        for name in ("logging.json", "logging.ini"):
+            text = open(os.path.join({str(ETC)!r}, name)).read()
+            if name.endswith(".json"):
+                for key, spec in json.loads(text)["formatters"].items():
+                    spec = dict(spec)
+                    cls = spec.pop("()")
+                    module, _, attr = cls.rpartition(".")
+                    formatters[name + ":" + key] = getattr(__import__(module, fromlist=[attr]), attr)(**spec)
+        import logging.config, configparser
+        parser = configparser.ConfigParser()
+        parser.read(os.path.join({str(ETC)!r}, "logging.ini"))
+        formatters.update({"logging.ini:" + key: value for key, value in
+                           logging.config._create_formatters(parser).items()})
+        out = {}
+        for name, formatter in formatters.items():
+            record = captured[0]
+            out[name] = formatter.format(record)
+            assert formatter.format(record) == out[name]  # formatting leaves the record reusable
+        print(json.dumps(out))
+        # A filter that freezes the message (a common redaction pattern) adds nothing twice.
+        record = captured[0]
+        record.msg, record.args = record.getMessage(), ()
+        print(json.dumps(record.getMessage()))
+    """.replace("{str(ETC)!r}", repr(str(ETC))))
+    shape_line, out_line, frozen_line = proc.stdout.splitlines()
+    assert json.loads(shape_line) == ['%s - "%s %s HTTP/%s" %d', ["10.0.0.1:7", "GET", "/p?q=1", "1.1", 404]]
+    out = json.loads(out_line)
+    rich = '10.0.0.1:7 - "GET /p?q=1 HTTP/1.1" 404 9B 1.23ms'
+    assert out["plain"] == rich
+    assert out["fields"] == f"INFO corral.access {rich}"
+    assert out["uvicorn"] == 'INFO:     10.0.0.1:7 - "GET /p?q=1 HTTP/1.1" 404 Not Found'
+    assert out["uvicorn_message"] == rich
+    for name in ("json", "logging.json:json", "logging.ini:json"):
+        line = json.loads(out[name])
+        assert (line["event"], line["client"], line["path"], line["status"], line["size"], line["duration_ms"]) == (
+            "request", "10.0.0.1:7", "/p?q=1", 404, 9, 1.23), name
+    assert json.loads(out["json_wrapped"][len("INFO "):])["size"] == 9
+    for name in ("console", "logging.json:console", "logging.ini:console"):
+        assert re.search(rf"{re.escape(rich)} \[corral\.access\] pid=\d+$", out[name]), (name, out[name])
+    assert ANSI in out["console_colors"] and "9B 1.23ms" in out["console_colors"]
+    assert json.loads(frozen_line) == rich
+    assert "Logging error" not in proc.stderr
+
+
 def test_a_format_string_wraps_corral_formatters(tmp_path: Path) -> None:
     (tmp_path / "wrap.json").write_text(json.dumps({
         "version": 1, "disable_existing_loggers": False,

@@ -159,6 +159,33 @@ def test_log_config_example_files(corral: Callable[..., Corral], tmp_path: Path,
     assert "/bytes?" not in proc.output()
 
 
+def test_uvicorns_own_logging_config(corral: Callable[..., Corral], tmp_path: Path) -> None:
+    """uvicorn.config.LOGGING_CONFIG as a --log-config file: its AccessFormatter unpacks five args."""
+    uvicorn_config = pytest.importorskip("uvicorn.config")
+    config = tmp_path / "uvicorn-logging.json"
+    config.write_text(json.dumps(uvicorn_config.LOGGING_CONFIG))
+    proc = corral(APP, "--workers", "2", "--log-config", str(config))
+    for size in (1, 2, 3):
+        assert get(proc, f"/bytes?{size}").status_code == 200
+    assert get(proc, "/missing").status_code == 404
+
+    def access_lines() -> list[str] | None:
+        lines = [line for line in proc.out_path.read_text(errors="replace").splitlines() if " - " in line]
+        return lines if len(lines) >= 4 else None
+
+    lines = wait_until(access_lines, 20, "four access lines on stdout", alive=proc.dead)
+    # uvicorn's access format, exactly as uvicorn prints it (no colours: not a terminal).
+    for size in (1, 2, 3):
+        assert any(re.fullmatch(rf'INFO:     127\.0\.0\.1:\d+ - "GET /bytes\?{size} HTTP/1\.1" 200 OK', line)
+                   for line in lines), lines
+    assert any(line.endswith('"GET /missing HTTP/1.1" 404 Not Found') for line in lines), lines
+    # uvicorn.error's configuration (the "default" formatter on stderr) drives corral.error.
+    proc.wait_log("Started server process")
+    err = proc.err_path.read_text(errors="replace")
+    assert re.search(r"^INFO:     Started server process \[\d+\]$", err, re.M), err
+    assert "Logging error" not in proc.output() and "Traceback" not in proc.output()
+
+
 def test_bad_log_config_exits_2(corral: Callable[..., Corral], tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")

@@ -33,6 +33,10 @@ still travel as standard records, so they reach the file's handlers; a plain
 formatters :class:`JSONFormatter` and :class:`ConsoleFormatter` can be named
 in the file to get corral's renderers (see ``etc/logging.*``);
 ``--log-format`` and ``--use-colors`` do not apply to a file's handlers.
+The access record is shaped like uvicorn's (``msg`` ``'%s - "%s %s HTTP/%s" %d'``,
+``args`` client, method, path, HTTP version, status), so uvicorn's own
+``LOGGING_CONFIG`` and its ``uvicorn.logging.AccessFormatter`` work unchanged;
+a plain ``"%(message)s"`` also gets the size and duration (:class:`AccessRecord`).
 
 ``pid`` is the process that wrote the line, except when the event names a
 ``pid`` itself: the master's ``worker_spawned pid=…`` is about a worker, and

@@ -20,6 +20,14 @@ class AccessLog:
     (response body bytes), duration_ms; the formatter adds pid. Console:
     ``127.0.0.1:51234 - "GET /x?y=1 HTTP/1.1" 200 12B 0.41ms``.
 
+    The record is shaped like uvicorn's, so a user's ``--log-config`` that
+    names ``uvicorn.logging.AccessFormatter`` (it unpacks five arguments)
+    works: ``msg`` is :data:`ACCESS_FORMAT` and ``args`` is ``(client,
+    method, path, http_version, status)``. corral's formatters read the
+    richer ``record.corral_access`` dict (size and duration too), and
+    ``getMessage()`` — what a plain ``"%(message)s"`` prints — adds
+    ``12B 0.41ms`` to uvicorn's line (see :class:`AccessRecord`).
+
     This runs for every request, so it builds the standard record directly
     (no caller lookup, no structlog chain) and the formatters render it on a
     short path. The worker creates it only with ``--access-log``.
@@ -50,15 +58,15 @@ class AccessLog:
             path = path.encode("unicode_escape").decode("ascii")
         peer = _client_text(client)
         duration_ms = round(duration * 1000.0, 2)
-        message = f'{peer} - "{method} {path} HTTP/{http_version}" {status} {size}B {duration_ms:.2f}ms'
-        record = _new_record(logging.LogRecord)
+        record = _new_record(AccessRecord)
         attrs = record.__dict__
         attrs.update(self._template)
         now = time.time()
         attrs["created"] = now
         attrs["msecs"] = (now - int(now)) * 1000.0
         attrs["relativeCreated"] = (now - _START_TIME) * 1000.0
-        attrs["msg"] = message
+        attrs["msg"] = ACCESS_FORMAT
+        attrs["args"] = (peer, method, path, http_version, status)
         attrs["process"] = render.current_pid
         attrs["thread"] = _get_ident()
         attrs["corral_access"] = {
@@ -66,6 +74,32 @@ class AccessLog:
             "status": status, "size": size, "duration_ms": duration_ms,
         }
         logger.handle(record)
+
+
+# uvicorn's access message: uvicorn.logging.AccessFormatter unpacks the
+# five arguments, and so may any formatter written for uvicorn.
+ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d'
+
+
+class AccessRecord(logging.LogRecord):
+    """An access-log record: uvicorn's ``msg``/``args`` plus ``corral_access`` (every field).
+
+    ``getMessage()`` is uvicorn's line followed by the size and duration,
+    ``127.0.0.1:51234 - "GET /x HTTP/1.1" 200 12B 0.41ms``, so a plain
+    ``"%(message)s"`` formatter loses nothing. When a filter replaced
+    ``msg`` (e.g. with the formatted message, to redact it) the record
+    behaves like any other.
+    """
+
+    corral_access: dict[str, Any]
+
+    def getMessage(self) -> str:
+        """uvicorn's access line, then ``<size>B <duration>ms``."""
+        message = super().getMessage()
+        if self.msg is ACCESS_FORMAT:
+            fields = self.corral_access
+            message = f"{message} {fields['size']}B {fields['duration_ms']:.2f}ms"
+        return message
 
 
 _new_record = object.__new__

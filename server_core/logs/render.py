@@ -311,7 +311,9 @@ class ConsoleFormatter(_CorralFormatter):
         template = self._access_templates.get(record.name)
         if template is None:
             template = self._access_templates[record.name] = self._access_template(record.name)
-        return template % {"ts": _clock.iso(record.created), "event": record.msg, "pid": current_pid}
+        event = (f'{fields["client"]} - "{fields["method"]} {fields["path"]} HTTP/{fields["http_version"]}" '
+                 f'{fields["status"]} {fields["size"]}B {fields["duration_ms"]:.2f}ms')
+        return template % {"ts": _clock.iso(record.created), "event": event, "pid": current_pid}
 
     def _access_template(self, logger_name: str) -> str:
         # Render placeholders once through the real renderer (colours and all)
