@@ -310,7 +310,8 @@ def test_http10_keep_alive(serve, clients) -> None:
 
 def test_limit_concurrency_answers_503(serve, clients) -> None:
     controlled = http_apps.Controlled()
-    server = serve(controlled.wait_release, limit_concurrency=2)
+    # One request running fills a limit of 1 (a limit of 2 would serve both).
+    server = serve(controlled.wait_release, limit_concurrency=1)
     first = clients(server.port)
     first.send(GET % b"/slow")
     wait_until(lambda: controlled.started == 1, 10, "the first request to start")
@@ -320,6 +321,34 @@ def test_limit_concurrency_answers_503(serve, clients) -> None:
     assert status == 503 and body == b"Service Unavailable"
     server.call(lambda: controlled.release.set())
     assert first.response()[0] == 200
+
+
+def test_limit_concurrency_counts_each_request_once(serve, clients) -> None:
+    """--limit-concurrency N serves N concurrent requests: each is counted once, not twice.
+
+    Refused when the open connections (the new one included) exceed N or N
+    requests already run: with 4, four slow requests on four connections all
+    run, a fifth connection is refused (and a sixth).
+    """
+    controlled = http_apps.Controlled()
+    server = serve(controlled.wait_release, limit_concurrency=4)
+    slow = []
+    for index in range(4):
+        client = clients(server.port)
+        client.send(GET % b"/slow")
+        slow.append(client)
+        wait_until(lambda count=index + 1: controlled.started == count, 10, f"slow request {index + 1} to start")
+    for _ in range(2):
+        extra = clients(server.port)
+        extra.send(GET % b"/")
+        status, headers, _ = extra.response()
+        assert status == 503 and headers[b"connection"] == b"close"
+        assert extra.closed()
+        extra.close()
+        wait_until(lambda: len(server.state.connections) == 4, 10, "the refused connection to be forgotten")
+    server.call(lambda: controlled.release.set())
+    assert [client.response()[0] for client in slow] == [200, 200, 200, 200]
+    assert controlled.started == 4
 
 
 def test_keep_alive_timeout_closes_idle_connection(serve, clients) -> None:

@@ -237,7 +237,9 @@ class HTTPProtocol(asyncio.Protocol):
             self._handoff(cycle)
             return
         limit = state.settings.limit_concurrency
-        if limit is not None and len(state.connections) + len(state.tasks) > limit:
+        # At most ``limit`` open connections (this one included) and ``limit``
+        # running requests (this one not yet counted): each request counts once.
+        if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
             # Overloaded: refuse without running the app, and close — the
             # request body (if any) is not read, and fewer connections is the point.
             cycle.status = 503
