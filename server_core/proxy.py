@@ -10,8 +10,9 @@ peer may say, through ``X-Forwarded-*`` headers, what the proxy saw:
   trusted the leftmost address is the client. The client's port is unknown
   then and reported as 0.
 - ``X-Forwarded-Proto``: ``http``, ``https``, ``ws`` or ``wss`` — the scheme
-  the nearest proxy received (its last value). The HTTP protocol maps it to
-  ``ws``/``wss`` for a WebSocket scope itself.
+  the nearest proxy received (its last value). For an ``http`` scope ``ws``
+  means ``http`` and ``wss`` means ``https`` (``resolve_all(http=True)``); the
+  WebSocket side maps ``http``/``https`` back to ``ws``/``wss``.
 - ``X-Forwarded-Port``: uvicorn ignores it; we apply it to the port of the
   ``server`` tuple (the address the client connected to), which is what it
   describes. ASGI's ``client`` has no place for it.
@@ -29,6 +30,9 @@ Address = tuple[str, int]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SCHEMES = frozenset({"http", "https", "ws", "wss"})
+# What a forwarded scheme means for an ``http`` scope: the WebSocket side maps
+# http/https back to ws/wss itself.
+HTTP_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 # Trust decisions are cached per peer host; the cache is bounded so a flood of
 # distinct peers cannot grow it forever.
 CACHE_SIZE = 4096
@@ -89,9 +93,13 @@ class ProxyTrust:
         return client, scheme
 
     def resolve_all(self, client: Address | None, server: Address | None, scheme: str,
-                    headers: Iterable[tuple[bytes, bytes]]
+                    headers: Iterable[tuple[bytes, bytes]], *, http: bool = False
                     ) -> tuple[Address | None, Address | None, str]:
-        """Like :meth:`resolve`, and X-Forwarded-Port applied to ``server``."""
+        """Like :meth:`resolve`, and X-Forwarded-Port applied to ``server``.
+
+        With ``http``, the scheme is one of an ``http`` scope: a forwarded
+        ``ws`` gives ``http`` and ``wss`` gives ``https``.
+        """
         if not self.is_trusted(client[0] if client is not None else None):
             return client, server, scheme
         forwarded_for: list[bytes] = []
@@ -110,7 +118,7 @@ class ProxyTrust:
         if proto is not None:
             candidate = proto.rsplit(b",", 1)[-1].strip().lower().decode("latin-1")
             if candidate in SCHEMES:
-                scheme = candidate
+                scheme = HTTP_SCHEMES[candidate] if http else candidate
         if port is not None and server is not None:
             text = port.rsplit(b",", 1)[-1].strip()
             if text.isdigit() and 0 < int(text) < 65536:

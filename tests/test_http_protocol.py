@@ -544,6 +544,15 @@ def test_proxy_headers_trusted_and_untrusted(serve, clients, allow, expect_clien
     assert (scope["server"][1] == 8443) is (expect_scheme == "https")
 
 
+@pytest.mark.parametrize(("proto", "expect_scheme"), [("wss", "https"), ("ws", "http")])
+def test_forwarded_websocket_proto_gives_http_scheme(serve, clients, proto, expect_scheme) -> None:
+    server = serve(http_apps.scope_dump, forwarded_allow_ips=("127.0.0.1",))
+    client = clients(server.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-Proto: %s\r\n\r\n" % proto.encode())
+    scope = json.loads(client.response()[2])
+    assert scope["type"] == "http" and scope["scheme"] == expect_scheme
+
+
 def test_proxy_headers_off(serve, clients) -> None:
     server = serve(http_apps.scope_dump, proxy_headers=False, forwarded_allow_ips=("*",))
     client = clients(server.port)

@@ -105,3 +105,14 @@ def test_no_forwarded_for_keeps_client() -> None:
     trust = ProxyTrust(["127.0.0.1"])
     assert trust.resolve(("127.0.0.1", 7), "http", []) == (("127.0.0.1", 7), "http")
     assert trust.resolve(("127.0.0.1", 7), "http", xff(" , "))[0] == ("127.0.0.1", 7)
+
+
+@pytest.mark.parametrize(("proto", "scheme"), [
+    ("ws", "http"), ("wss", "https"), ("WSS", "https"), ("https", "https"), ("http", "http"),
+    ("gopher", "https"),
+])
+def test_forwarded_proto_for_an_http_scope(proto: str, scheme: str) -> None:
+    """An http scope never gets ws/wss: a proxy's ws means http, wss means https."""
+    trust = ProxyTrust(["127.0.0.1"])
+    _, _, got = trust.resolve_all(("127.0.0.1", 1), None, "https", xff(proto=proto), http=True)
+    assert got == scheme

@@ -192,7 +192,7 @@ class HTTPProtocol(asyncio.Protocol):
             state.on_request_limit()
         client, server, scheme = self.client, self.server, self.scheme
         if self.trust is not None:
-            client, server, scheme = self.trust.resolve_all(client, server, scheme, head.headers)
+            client, server, scheme = self.trust.resolve_all(client, server, scheme, head.headers, http=True)
         scope = http_scope(head, client, server, scheme, settings.root_path, state.app_state)
         cycle = RequestCycle(self, head, scope)
         self.receiving = cycle
