@@ -229,7 +229,13 @@ def open_listeners(config: ListenConfig,
                     raise ListenerError(
                         f"corral: {address} names a socket that systemd passes (LISTEN_FDNAMES), "
                         "but this process was not socket-activated") from None
-                opened.append(adopt_fd(fd, config.backlog, address))
+                same = next((key for key, sock in pending.items() if sock.fileno() == fd), None)
+                if same is not None:
+                    # Already handed over under its address (systemd's socket after a
+                    # USR2): one socket object per descriptor, or it is closed twice.
+                    opened.append(_adopt(pending.pop(same), config.backlog, same))
+                else:
+                    opened.append(adopt_fd(fd, config.backlog, address))
             elif address.startswith("unix:"):
                 opened.append(_bind_unix(address, config))
             else:

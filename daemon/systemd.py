@@ -22,7 +22,8 @@ How adopted sockets meet ``--bind`` (see :func:`match_names`): every socket
 systemd hands over is served. A ``--bind`` entry whose address is the one an
 adopted socket really listens on is satisfied by that socket (not bound a
 second time); ``--bind fd://NAME`` (a non-numeric fd) asserts that systemd
-passed a socket named NAME and is satisfied by it. The implicit default
+passed a socket named NAME and is satisfied by it, and ``--fd N`` /
+``--bind fd://N`` naming one of the passed descriptors is that adopted socket. The implicit default
 ``127.0.0.1:8000`` is *not* bound in addition — under socket activation the
 unit decides where corral listens. Explicit ``--host/--port/--uds/--bind``
 entries that match no adopted socket are bound as usual.
@@ -125,12 +126,13 @@ def match_names(fds: Iterable[tuple[int, str]], binds: Sequence[str], *,
     ``inherited`` maps each adopted socket's real address (the key
     ``daemon.listeners.open_listeners`` looks up) to its socket; the returned
     binds are ``binds`` without ``implicit``, without ``fd://NAME`` entries
-    (checked against the names) and without addresses an adopted socket
-    already listens on. A ``fd://NAME`` naming no passed socket raises
+    (checked against the names), without ``fd://N`` entries naming a passed
+    descriptor and without addresses an adopted socket already listens on. A ``fd://NAME`` naming no passed socket raises
     :class:`~daemon.listeners.ListenerError`.
     """
     inherited: dict[str, socket.socket] = {}
     names: dict[str, str] = {}
+    by_fd: set[int] = set()
     for fd, name in fds:
         try:
             sock = socket.socket(fileno=fd)
@@ -144,6 +146,7 @@ def match_names(fds: Iterable[tuple[int, str]], binds: Sequence[str], *,
         key = address_key(sock)
         inherited[key] = sock
         names.setdefault(name, key)
+        by_fd.add(fd)
     remaining: list[str] = []
     for bind in binds:
         if bind == implicit and inherited:
@@ -153,6 +156,10 @@ def match_names(fds: Iterable[tuple[int, str]], binds: Sequence[str], *,
                 known = ", ".join(sorted(names)) or "none"
                 raise ListenerError(f"corral: --bind {bind}: systemd passed no socket named "
                                     f"{bind[5:]!r} (names: {known})")
+            continue
+        if bind.startswith("fd://") and bind[5:].isdigit() and int(bind[5:]) in by_fd:
+            # `--fd 3` / `--bind fd://3` naming a descriptor systemd passed: that
+            # adopted socket (wrapping the fd a second time would close it twice).
             continue
         if bind in inherited:
             continue  # open_listeners adopts it under this very key

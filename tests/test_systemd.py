@@ -420,3 +420,26 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/version", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_fd_3_under_socket_activation_is_the_adopted_socket(tmp_path: Path, procs) -> None:
+    """`--fd 3` naming the descriptor systemd passed: served once, not wrapped twice (no EBADF), and so
+    after a USR2 re-exec too; TERM exits 0."""
+    activate = require_tool("systemd-socket-activate", "/usr/bin/systemd-socket-activate",
+                            "/lib/systemd/systemd-socket-activate")
+    port = free_port()
+    argv = [activate, "-l", f"127.0.0.1:{port}", "--fdname=web", "-E", "PYTHONUNBUFFERED=1",
+            "-E", "CORRAL_LOG_LEVEL=info",
+            sys.executable, "-m", "daemon", "sd_app:app", "--app-dir", str(APPS), "--workers", "2", "--fd", "3"]
+    proc: Proc = procs(argv, name="activate-fd3")
+    wait_until(lambda: _connects(port), 20, "systemd-socket-activate listening", alive=proc.dead)
+    wait_until(lambda: "ready: 2 workers" in proc.output(), 30, "two workers ready", alive=proc.dead)
+    wait_until(lambda: _answers(port), 10, "an answer on the activated socket", alive=proc.dead)
+    proc.signal(signal.SIGUSR2)
+    wait_until(lambda: "upgrade_done" in proc.output(), 60, "the USR2 upgrade done", alive=proc.dead)
+    wait_until(lambda: _answers(port), 10, "an answer after the upgrade", alive=proc.dead)
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit(40) == 0, proc.output()
+    output = proc.output()
+    assert "Bad file descriptor" not in output and "Traceback" not in output, output
+    assert len(re.findall(r"corral: listening on", output)) == 2, output  # once per image
