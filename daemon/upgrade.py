@@ -376,4 +376,12 @@ def _say(line: str) -> None:
 if __name__ == "__main__":
     # The preflight's command (daemon.upgrade_check): a running master of an
     # earlier release starts exactly this against the new install, so it stays.
-    sys.exit(check_entry(sys.argv[1:]))
+    # os._exit, not sys.exit: a non-daemon thread the app starts at import
+    # (an SDK's flusher, say) would keep the check alive until the deadline.
+    _status = check_entry(sys.argv[1:])
+    for _stream in (sys.stdout, sys.stderr):
+        try:
+            _stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(_status)

@@ -292,3 +292,20 @@ def test_usr2_under_systemd_sends_mainpid_and_ready(procs, src: Path, tmp_path: 
         assert not any(str(port) in line for line in proc.output().splitlines() if "cannot bind" in line)
     finally:
         notify.close()
+
+
+def test_usr2_with_an_app_that_starts_a_non_daemon_thread_at_import(corral, src: Path, tmp_path: Path) -> None:
+    """The check process ends with os._exit: an app's non-daemon thread (an SDK flusher) cannot hold it
+    open until the deadline and roll the upgrade back."""
+    server = start(corral, src, tmp_path)
+    master = server.pid
+    server.wait_log("worker_ready", count=2)
+    write_version(src, "2")
+    path = src / "upg_app.py"
+    path.write_text("import threading as _t, time as _tm\n_t.Thread(target=_tm.sleep, args=(3600,)).start()\n"
+                    + path.read_text())
+    os.kill(master, signal.SIGUSR2)
+    wait_until(lambda: upgrade.EVENT_DONE in server.output() or upgrade.EVENT_ROLLBACK in server.output(),
+               60, "the upgrade to end", alive=server.dead)
+    assert upgrade.EVENT_ROLLBACK not in server.output(), server.output()[-3000:]
+    assert get(server.url + "/version") == "2"
