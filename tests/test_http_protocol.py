@@ -635,6 +635,35 @@ def test_disconnect_seen_when_client_leaves_mid_request(serve, clients) -> None:
     wait_until(lambda: not server.state.connections, 10, "the connection to be forgotten")
 
 
+def test_disconnect_seen_when_client_closes_after_its_request(serve, clients) -> None:
+    """A client that sends a request and closes: the app's receive() gets http.disconnect at once."""
+    controlled = http_apps.Controlled()
+    server = serve(controlled.record_receive, timeout_keep_alive=60)
+    client = clients(server.port)
+    client.send(GET % b"/poll")
+    wait_until(lambda: controlled.messages, 10, "the request")
+    client.close()
+    wait_until(lambda: controlled.disconnected, 5, "http.disconnect after the client closed")
+    assert controlled.messages == [{"type": "http.request", "body": b"", "more_body": False},
+                                   {"type": "http.disconnect"}]
+    wait_until(lambda: not server.state.connections, 5, "the connection to be closed")
+
+
+@pytest.mark.parametrize("body", [b"", b"hello"])
+def test_half_closed_client_waiting_app_sees_disconnect_and_still_answers(serve, clients, body) -> None:
+    """shutdown(SHUT_WR) after the request: receive() says http.disconnect, send() still reaches the client."""
+    server = serve(http_apps.reply_after_disconnect, timeout_keep_alive=60)
+    client = clients(server.port)
+    client.send(b"POST /poll HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    client.sock.shutdown(socket.SHUT_WR)
+    client.sock.settimeout(5 * FACTOR)
+    status, headers, answer = client.response()
+    assert (status, answer) == (200, b"bye")
+    assert headers[b"connection"] == b"close"
+    assert client.closed()
+    wait_until(lambda: not server.state.connections and not server.state.tasks, 5, "the connection to be closed")
+
+
 def test_access_log_and_request_limit(serve, clients) -> None:
     records: list[tuple] = []
     limits: list[int] = []

@@ -114,6 +114,10 @@ class RequestCycle:
         self.disconnected = True
         self._wake()
 
+    def wake(self) -> None:
+        """Let a waiting ``receive()`` look again (the client half-closed)."""
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
@@ -157,11 +161,14 @@ class RequestCycle:
             if result is not None:
                 logger.error("ASGI callable returned a value (%r); it should return None", result)
             if not self.started:
-                if not self.disconnected:
+                if self.protocol.client_eof:
+                    # It saw http.disconnect (the client half-closed): nothing to answer.
+                    self.disconnected = True
+                elif not self.disconnected:
                     logger.error("ASGI callable returned without starting response.")
                 self._abandon()
             elif not self.complete:
-                if not self.disconnected:
+                if not (self.disconnected or self.protocol.client_eof):
                     logger.error("ASGI callable returned without completing response.")
                 self._abandon()
         finally:
@@ -204,6 +211,10 @@ class RequestCycle:
                 if not self.body_given:
                     self.body_given = True
                     return {"type": "http.request", "body": b"", "more_body": False}
+                if self.protocol.client_eof:
+                    # The client half-closed: nothing more will come. send()
+                    # still works (it may be waiting for its answer).
+                    return _DISCONNECT
                 # The body was all handed out: wait for the end of the response
                 # or for the client to go away.
             else:

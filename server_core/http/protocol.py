@@ -96,6 +96,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.retiring = False
         self.gone = False  # the transport is closed (or handed over)
         self.lingering = False  # answered and half-closed; dropping input until close
+        # The client half-closed (FIN): a request's receive() answers
+        # http.disconnect once its body is consumed, while send() still works.
+        self.client_eof = False
         self.head_at: float | None = None  # when the first byte of a pending head arrived
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -142,10 +145,14 @@ class HTTPProtocol(asyncio.Protocol):
         # answered (a client may half-close after its last request).
         busy = self.cycle is not None or bool(self.queue)
         if busy:
-            # Nothing more will come: answer what is pending, then close.
+            # Nothing more will come: answer what is pending, then close. The
+            # application learns it through receive() (http.disconnect once the
+            # body is consumed), as it would from uvicorn: a long poll or a
+            # disconnect listener must not wait forever on a socket in CLOSE-WAIT.
             self.closing, self.retiring = True, False
+            self.client_eof = True
             if self.cycle is not None:
-                self.cycle.keep_alive = False
+                self.cycle.wake()
         return busy
 
     def data_received(self, data: bytes) -> None:

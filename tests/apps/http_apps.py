@@ -122,3 +122,11 @@ class Controlled:
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 return
+
+
+async def reply_after_disconnect(scope: dict, receive: Any, send: Any) -> None:
+    """A long poll: wait for http.disconnect, then answer anyway (a half-closed client still reads)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
+    await send({"type": "http.response.body", "body": b"bye"})
