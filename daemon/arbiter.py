@@ -185,7 +185,9 @@ class Arbiter(Pool):
         self._check_memory(now)
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.next_watchdog = now + (self.notify.watchdog_interval or 1.0)
-            if not self.stopping and counts(self.records.values())[0] >= 1:
+            # Healthy: some worker ready, or none wanted (after WINCH the master
+            # alone is the service until TTIN/HUP; systemd must not kill it).
+            if not self.stopping and counts(self.records.values())[0] >= min(1, self.target):
                 self.notify.watchdog()
 
     def _drain_wakeup(self) -> None:

@@ -443,3 +443,31 @@ def test_fd_3_under_socket_activation_is_the_adopted_socket(tmp_path: Path, proc
     output = proc.output()
     assert "Bad file descriptor" not in output and "Traceback" not in output, output
     assert len(re.findall(r"corral: listening on", output)) == 2, output  # once per image
+
+
+def test_watchdog_keeps_pinging_after_winch(tmp_path: Path, short_tmp: Path, procs) -> None:
+    """After WINCH (no worker wanted) the master alone is healthy: WATCHDOG=1 goes on."""
+    import psutil
+
+    from tests.support import bound_socket
+
+    sock = bound_socket()
+    notify = NotifySocket(str(short_tmp / "notify"))
+    argv = [sys.executable, "-m", "daemon", "sd_app:app", "--app-dir", str(APPS), "--fd", str(sock.fileno()),
+            "--workers", "2"]
+    proc = procs(argv, name="watchdog-winch", pass_fds=[sock.fileno()],
+                 env={"NOTIFY_SOCKET": notify.env_value, "WATCHDOG_USEC": "1000000"})
+    sock.close()
+    try:
+        notify.wait_for(lambda m: m.get("READY") == "1", 30 * FACTOR, alive=proc.dead)
+        proc.signal(signal.SIGWINCH)
+        wait_until(lambda: not psutil.Process(proc.pid).children(), 30, "every worker to stop", alive=proc.dead)
+        index = len(notify.poll())
+        for _ in range(3):
+            index, _ = notify.wait_for(lambda m: m.get("WATCHDOG") == "1", 5 * FACTOR, start=index,
+                                       alive=proc.dead)
+            index += 1
+        proc.signal(signal.SIGTERM)
+        assert proc.wait_exit(30) == 0
+    finally:
+        notify.close()
