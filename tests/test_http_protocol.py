@@ -516,6 +516,47 @@ def test_shutdown_serves_request_already_waiting_in_kernel(serve, clients) -> No
     assert client.closed()
 
 
+@pytest.mark.parametrize("retire", [True, False], ids=["retire", "shutdown"])
+def test_stop_serves_pipelined_requests_already_received(serve, clients, retire) -> None:
+    """Requests already received behind a slow one are served; only the last says close."""
+    app = http_apps.SlowPath()
+    server = serve(app, timeout_keep_alive=60)
+    client = clients(server.port)
+    client.send(GET % b"/slow" + GET % b"/a" + GET % b"/b")
+    wait_until(lambda: app.started == 1, 10, "the slow request to start")
+    wait_until(lambda: server.call(lambda: [len(conn.queue) for conn in server.state.connections]) == [2],
+               10, "the pipelined requests to be parsed")
+
+    def stop() -> None:
+        server.state.stopping, server.state.retiring = True, retire
+        for conn in list(server.state.connections):
+            conn.shutdown(retire)
+        assert app.release is not None
+        app.release.set()
+
+    server.call(stop)
+    answers = [client.response() for _ in range(3)]
+    assert [(status, body) for status, _, body in answers] == [(200, b"/slow"), (200, b"/a"), (200, b"/b")]
+    assert b"close" not in [headers.get(b"connection") for _, headers, _ in answers[:2]]
+    assert answers[2][1][b"connection"] == b"close"
+    assert client.closed()
+
+
+def test_half_close_behind_a_slow_request_serves_the_pipelined_ones(serve, clients) -> None:
+    app = http_apps.SlowPath()
+    server = serve(app, timeout_keep_alive=60)
+    client = clients(server.port)
+    client.send(GET % b"/slow" + GET % b"/a")
+    client.sock.shutdown(socket.SHUT_WR)
+    wait_until(lambda: server.call(lambda: [conn.client_eof for conn in server.state.connections]) == [True],
+               10, "the server to see the half-close")
+    server.call(lambda: app.release.set())
+    first, second = client.response(), client.response()
+    assert (first[0], first[2], second[0], second[2]) == (200, b"/slow", 200, b"/a")
+    assert first[1].get(b"connection") != b"close" and second[1][b"connection"] == b"close"
+    assert client.closed()
+
+
 def test_shutdown_during_request_finishes_it_with_close(serve, clients) -> None:
     controlled = http_apps.Controlled()
     server = serve(controlled.wait_release)

@@ -271,7 +271,11 @@ class RequestCycle:
         """Encode the response head (sent with the first body message); sets the framing."""
         protocol = self.protocol
         state = protocol.state
-        keep_alive = self.keep_alive and not protocol.closing and not state.stopping
+        keep_alive = self.keep_alive
+        # Stopping (retire, shutdown, the client's FIN): the connection closes
+        # after the last request already received, and only after it.
+        if keep_alive and (protocol.closing or state.stopping) and not protocol.queue:
+            keep_alive = False
         # A request whose body we have not finished reading cannot be followed
         # by another on the same connection (we would have to read and discard
         # an unknown amount, and a 100-continue client may never send it).

@@ -130,3 +130,22 @@ async def reply_after_disconnect(scope: dict, receive: Any, send: Any) -> None:
         pass
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
     await send({"type": "http.response.body", "body": b"bye"})
+
+
+class SlowPath:
+    """``/slow`` waits until the test sets ``release``; any other path answers its path at once."""
+
+    def __init__(self) -> None:
+        self.release: asyncio.Event | None = None
+        self.started = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            if self.release is None:
+                self.release = asyncio.Event()
+            self.started += 1
+            await self.release.wait()
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
