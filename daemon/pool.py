@@ -211,7 +211,12 @@ class Pool:
 
     def _master_fds(self) -> list[int]:
         """Descriptors only the master may hold; a forked worker closes them first."""
-        return [self.selector.fileno()] + [r.read_fd for r in self.records.values() if r.read_fd is not None]
+        fds = [self.selector.fileno()] + [r.read_fd for r in self.records.values() if r.read_fd is not None]
+        # The sd_notify socket (created lazily by the first notification).
+        notify_fd = getattr(self.notify, "fileno", lambda: None)()
+        if notify_fd is not None:
+            fds.append(notify_fd)
+        return fds
 
     def _signal(self, record: WorkerRecord, sig: int) -> None:
         send_signal(record.pid, sig)  # if already dead, the CHLD wake-up reaps it

@@ -256,6 +256,10 @@ class Notifier:
         """``WATCHDOG=1``; the caller sends it only while master and workers are healthy."""
         return self.notify("WATCHDOG=1")
 
+    def fileno(self) -> int | None:
+        """The datagram socket's descriptor once created (master-only: a forked worker closes it)."""
+        return self._sock.fileno() if self._sock is not None else None
+
     def close(self) -> None:
         """Release the datagram socket (it is reopened on the next send)."""
         if self._sock is not None:

@@ -471,3 +471,46 @@ def test_watchdog_keeps_pinging_after_winch(tmp_path: Path, short_tmp: Path, pro
         assert proc.wait_exit(30) == 0
     finally:
         notify.close()
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def test_the_notify_socket_does_not_leak_into_workers(tmp_path: Path, short_tmp: Path, procs) -> None:
+    """The master's sd_notify socket (created at its first notification) is closed in workers forked later."""
+    import psutil
+
+    from tests.support import bound_socket
+
+    sock = bound_socket()
+    listener = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+    notify = NotifySocket(str(short_tmp / "notify"))
+    argv = [sys.executable, "-m", "daemon", "sd_app:app", "--app-dir", str(APPS), "--fd", str(sock.fileno())]
+    proc = procs(argv, name="notify-leak", pass_fds=[sock.fileno()], env={"NOTIFY_SOCKET": notify.env_value})
+    sock.close()
+    try:
+        first, _ = notify.wait_for(lambda m: m.get("READY") == "1", 30 * FACTOR, alive=proc.dead)
+        old = {c.pid for c in psutil.Process(proc.pid).children()}
+        proc.signal(signal.SIGHUP)
+        index, _ = notify.wait_for(lambda m: m.get("RELOADING") == "1", 30 * FACTOR, start=first + 1,
+                                   alive=proc.dead)
+        notify.wait_for(lambda m: m.get("READY") == "1", 30 * FACTOR, start=index + 1, alive=proc.dead)
+        new = {c.pid for c in psutil.Process(proc.pid).children()} - old
+        assert new
+        master_only = _socket_inodes(proc.pid) - {listener}
+        assert master_only, "the master holds its notify socket"
+        for pid in new:
+            assert not (_socket_inodes(pid) & master_only), (pid, master_only)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait_exit(30) == 0
+    finally:
+        notify.close()
