@@ -206,6 +206,43 @@ def test_chunked_body_with_trailers(make) -> None:
     assert (b"x-check", b"1") not in head.headers
 
 
+# Trailer fields the libraries would read differently (llhttp acts on framing
+# fields in a trailer section, h11 does not): dropped on both, never acted on.
+FRAMING_TRAILERS = [
+    ("connection-close", b"Connection: close"),
+    ("content-length", b"Content-Length: 50"),
+    ("transfer-encoding", b"Transfer-Encoding: chunked"),
+    ("upgrade", b"Connection: upgrade\r\nUpgrade: websocket"),
+    ("several", b"X-A: 1\r\nContent-Length: 0\r\nConnection: close\r\nX-B: 2"),
+]
+
+
+@pytest.mark.parametrize("trailer", [case[1] for case in FRAMING_TRAILERS], ids=[case[0] for case in FRAMING_TRAILERS])
+@pytest.mark.parametrize("split", ["whole", "byte-by-byte"])
+def test_framing_fields_in_trailers_are_dropped_on_both_parsers(make, trailer: bytes, split: str) -> None:
+    raw = (req(H[:-2], CHUNKED, body=b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n\r\n")
+           + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    parser = make(upgrade_tokens=frozenset({b"websocket"}))
+    events: list = []
+    for piece in [raw] if split == "whole" else [bytes([byte]) for byte in raw]:
+        events += parser.feed(piece)
+    assert not [event for event in events if isinstance(event, ParseError)], events
+    heads = [event for event in events if isinstance(event, RequestHead)]
+    assert [head.path for head in heads] == ["/p", "/next"]
+    assert heads[0].keep_alive and heads[0].upgrade is None
+    assert b"".join(event.data for event in events if isinstance(event, Body)) == b"abc"
+    assert sum(isinstance(event, EndOfMessage) for event in events) == 2
+    assert not parser.closed
+
+
+def test_parsers_agree_on_framing_trailers() -> None:
+    for name, trailer in FRAMING_TRAILERS:
+        raw = (req(H[:-2], CHUNKED, body=b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n\r\n")
+               + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        results = [[(type(e).__name__, getattr(e, "status", None)) for e in cls().feed(raw)] for cls in PARSERS.values()]
+        assert results[0] == results[1], name
+
+
 def test_header_values_trimmed_and_names_lowercased(make) -> None:
     [head, _] = make().feed(b"GET /a%20b?q=%20 HTTP/1.1\r\nHOST:   example.com  \r\nX-Empty:\r\n\r\n")
     assert head.headers == [(b"host", b"example.com"), (b"x-empty", b"")]

@@ -250,6 +250,18 @@ def test_chunked_request_and_chunked_response(serve, clients) -> None:
     assert response.content == body
 
 
+@pytest.mark.parametrize("trailer", [b"Connection: close", b"Content-Length: 50", b"Transfer-Encoding: chunked"])
+def test_framing_fields_in_trailers_are_dropped(serve, clients, trailer) -> None:
+    server = serve(http_apps.echo)
+    client = clients(server.port)
+    client.send(b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+                + trailer + b"\r\n\r\n" + GET % b"/next")
+    status, headers, body = client.response()
+    assert (status, body) == (200, b"abc") and headers.get(b"connection") != b"close"
+    status, headers, _ = client.response()
+    assert status == 200 and headers[b"x-path"] == b"/next"
+
+
 def test_single_message_response_gets_content_length(serve, clients) -> None:
     server = serve(http_apps.echo)
     client = clients(server.port)

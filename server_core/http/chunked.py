@@ -39,7 +39,7 @@ _SIZE, _DATA, _DATA_CRLF, _TRAILER, _DONE = range(5)
 class ChunkScanner:
     """Walks a chunked body; :meth:`feed` returns how many bytes belong to it."""
 
-    __slots__ = ("_state", "_remaining", "_line", "_max_line", "_trailers", "_max_trailers")
+    __slots__ = ("_state", "_remaining", "_line", "_max_line", "_trailers", "_max_trailers", "trailer_at")
 
     def __init__(self, max_line: int = 8190, max_trailers: int = 100) -> None:
         self._state = _SIZE
@@ -48,6 +48,9 @@ class ChunkScanner:
         self._max_line = max_line
         self._trailers = 0
         self._max_trailers = max_trailers
+        # Where the trailer section starts in the data of the last feed() (0
+        # when it had started before), -1 when that data held none of it.
+        self.trailer_at = -1
 
     @property
     def done(self) -> bool:
@@ -62,6 +65,7 @@ class ChunkScanner:
         """
         pos = 0
         end = len(data)
+        self.trailer_at = 0 if self._state == _TRAILER else -1
         while pos < end and self._state != _DONE:
             state = self._state
             if state == _DATA:
@@ -114,6 +118,7 @@ class ChunkScanner:
                 self._state = _DATA
             else:
                 self._state = _TRAILER
+                self.trailer_at = eol + 1
         elif line:
             # trailer-section = *( field-line CRLF ), same grammar as headers.
             self._trailers += 1

@@ -162,6 +162,14 @@ class MessageReader:
             take = chunks.feed(data)
             done = chunks.done
         piece, rest = (data, b"") if take == len(data) else (data[:take], data[take:])
+        if chunks is not None and chunks.trailer_at >= 0:
+            # The libraries never see trailer fields (ASGI drops them; the
+            # scanner checked their syntax): llhttp would act on framing
+            # fields there and h11 would not, so the last chunk is closed
+            # with an empty trailer section instead.
+            piece = piece[:chunks.trailer_at] + b"\r\n" if done else piece[:chunks.trailer_at]
+            if not piece:  # more trailer bytes to come: nothing to feed yet
+                return rest
         complete = self._parse_body(piece, events)
         if done:
             if not complete:
