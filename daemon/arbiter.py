@@ -368,7 +368,14 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
                 resumed.abandon(exc.message)
             return EXIT_APP_FAILED
     if config.pid:
-        pidfile.write(config.pid)
+        try:
+            pidfile.write(config.pid)
+        except OSError as exc:
+            print(f"corral: cannot write --pid {config.pid}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            close_listeners(listeners)
+            if resumed is not None:
+                resumed.abandon(f"cannot write --pid {config.pid}")
+            return 1
     log.info("master_started", pid=os.getpid(), workers=config.workers)
     upgrader = resumed.upgrader if resumed is not None else upgrade.Upgrader(socket_activated=activated)
     try:

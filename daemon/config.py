@@ -347,6 +347,16 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
         path = values[name]
         if path and not os.path.isfile(path):
             raise ConfigError(f"{_origin(name, sources)}: no such file {path!r}")
+    if values["pid"]:
+        directory = os.path.dirname(os.path.abspath(values["pid"]))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"{_origin('pid', sources)}: cannot write {values['pid']!r}: "
+                              f"no such directory {directory!r}")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"{_origin('pid', sources)}: cannot write {values['pid']!r}: "
+                              f"directory {directory!r} is not writable")
+        if os.path.isdir(values["pid"]):
+            raise ConfigError(f"{_origin('pid', sources)}: {values['pid']!r} is a directory")
     if values["ssl-keyfile"] and not values["ssl-certfile"]:
         raise ConfigError("--ssl-keyfile needs --ssl-certfile as well")
     if not 0 <= values["uds-mode"] <= 0o7777:

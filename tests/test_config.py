@@ -209,3 +209,17 @@ def test_readme_documents_every_option() -> None:
     assert "make run" in readme and "make test" in readme
     for opt in OPTIONS:
         assert f"`--{opt.name}`" in readme or f"`--{opt.name}` /" in readme, opt.name
+
+
+def test_a_bad_pid_path_is_a_config_error_before_binding(tmp_path: Path) -> None:
+    """--pid in a missing (or unwritable) directory: exit 2, one line naming --pid, nothing bound or left."""
+    import os
+
+    uds = tmp_path / "s.sock"
+    for pid in (tmp_path / "missing" / "corral.pid", tmp_path):
+        proc = subprocess.run([sys.executable, "-m", "daemon", "m:a", "--uds", str(uds), "--pid", str(pid)],
+                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--pid" in lines[0], proc.stderr
+        assert not uds.exists()
