@@ -265,9 +265,26 @@ def build_config(command_line: Mapping[str, Any], env: Mapping[str, str] | None 
         raise ConfigError(f"APP {app!r} must be in the form 'module:attribute' (for example 'main:app')")
     _resolve_implementations(values, sources)
     _check(values, sources, app)
-    return Config(app=app, values=MappingProxyType(values), binds=_binds(values, sources),
-                  sources=MappingProxyType(sources), command_line=MappingProxyType(dict(command_line)),
-                  given_app=given_app, given_source=source)
+    config = Config(app=app, values=MappingProxyType(values), binds=_binds(values, sources),
+                    sources=MappingProxyType(sources), command_line=MappingProxyType(dict(command_line)),
+                    given_app=given_app, given_source=source)
+    _check_tls(config)
+    return config
+
+
+def _check_tls(config: Config) -> None:
+    """Build the TLS context once, so a bad certificate, key or --ssl-* value is a configuration error
+    (exit 2, before any bind) rather than every worker failing to start."""
+    if not config.values["ssl-certfile"]:
+        return
+    from server_core.tls import TLSConfigError, make_ssl_context  # imports only ssl
+
+    try:
+        make_ssl_context(config.server_settings())
+    except TLSConfigError as exc:
+        where = _origin("ssl-certfile", config.sources)
+        raise ConfigError(f"{exc} (--ssl-certfile from {where})" if where != "--ssl-certfile"
+                          else str(exc)) from None
 
 
 def reload_config(config: Config, env: Mapping[str, str] | None = None) -> Config:

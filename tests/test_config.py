@@ -223,3 +223,21 @@ def test_a_bad_pid_path_is_a_config_error_before_binding(tmp_path: Path) -> None
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "--pid" in lines[0], proc.stderr
         assert not uds.exists()
+
+
+def test_a_bad_tls_certificate_is_a_config_error_before_binding(tmp_path: Path) -> None:
+    """A garbage --ssl-certfile: exit 2 with one line naming it, before any listener (nothing bound)."""
+    import os
+
+    cert = tmp_path / "bad.pem"
+    cert.write_text("not a certificate\n")
+    uds = tmp_path / "s.sock"
+    proc = subprocess.run([sys.executable, "-m", "daemon", "tests.apps.master_app:app", "--uds", str(uds),
+                           "--ssl-certfile", str(cert)],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--ssl-certfile" in lines[0], proc.stderr
+    assert "listening" not in proc.stderr and not uds.exists()
+    with pytest.raises(ConfigError, match="--ssl-certfile"):
+        build_config({"ssl-certfile": str(cert)}, {}, app="m:a")
