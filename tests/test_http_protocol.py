@@ -676,6 +676,48 @@ def test_large_upload_to_slow_app_pauses_reading(serve, clients) -> None:
     assert buffered <= 1024 * 1024
 
 
+def test_upgrade_queued_behind_slow_request_pauses_reading(serve, clients) -> None:
+    """Bytes after a pipelined WebSocket upgrade head are held, bounded, until the hand-off."""
+    slow = http_apps.SlowPath()
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await slow(scope, receive, send)
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    server = serve(app, ws="websockets")
+    client = clients(server.port)
+    client.send(GET % b"/slow" + b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    wait_until(lambda: slow.started == 1, 10, "the slow request to start")
+    client.sock.setblocking(False)
+    sent = 0
+    end = deadline(20)
+    chunk = b"\x00" * 65536
+    while sent < 64 * 1024 * 1024 and time.monotonic() < end:
+        _, writable, _ = select.select([], [client.sock], [], 0.5)
+        if not writable:
+            if server.call(lambda: [c.read_paused for c in server.state.connections]) == [True]:
+                break
+            continue
+        try:
+            sent += client.sock.send(chunk)
+        except BlockingIOError:
+            continue
+    assert server.call(lambda: [c.read_paused for c in server.state.connections]) == [True]
+    held = server.call(lambda: [len(c.parser.trailing_data) for c in server.state.connections])[0]
+    assert held <= 1024 * 1024 and sent < 64 * 1024 * 1024
+    client.sock.setblocking(True)
+    server.call(lambda: slow.release.set())
+    status, _, body = client.response()
+    assert (status, body) == (200, b"/slow")
+    # Then the hand-off: the handshake answer, and the held bytes reach the WebSocket side.
+    assert client.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 101")
+
+
 def test_disconnect_seen_when_client_leaves_mid_request(serve, clients) -> None:
     controlled = http_apps.Controlled()
     server = serve(controlled.record_receive)

@@ -207,7 +207,10 @@ class HTTPProtocol(asyncio.Protocol):
             self._run(cycle)
         else:
             self.queue.append(cycle)
-            if len(self.queue) >= MAX_PIPELINE:
+            if len(self.queue) >= MAX_PIPELINE or not self.parser.parsing:
+                # Too many waiting, or an upgrade head queued behind a slow
+                # request: what follows is the new protocol's, held (and
+                # bounded) until the hand-off resumes reading.
                 self._pause_reading()
 
     def _on_error(self, error: ParseError) -> None:
@@ -394,7 +397,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _maybe_resume(self, water: int) -> None:
         """Resume reading once buffered body and pipelined requests are below the marks."""
         if self.read_paused and self.buffered < water and len(self.queue) < MAX_PIPELINE \
-                and not self.parser.closed:
+                and self.parser.parsing:
             self._resume_reading()
 
     def _resume_reading(self) -> None:

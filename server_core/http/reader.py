@@ -57,7 +57,9 @@ class MessageReader:
         self._remaining = 0  # Content-Length bytes still to come
         self._chunks: ChunkScanner | None = None
         self._request: RequestHead | None = None  # the request whose body is arriving
-        self._rest = b""
+        # Bytes after an upgrade head: a bytearray, so a client that keeps
+        # sending costs linear time (the protocol also stops reading then).
+        self._rest = bytearray()
 
     # -- what the protocol uses ---------------------------------------------
 
@@ -77,9 +79,14 @@ class MessageReader:
         return self._state == _CLOSED
 
     @property
+    def parsing(self) -> bool:
+        """True while bytes read are still HTTP to parse (not closed, not after an upgrade head)."""
+        return self._state < _UPGRADED
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received after an upgrade head (the new protocol's first bytes)."""
-        return self._rest
+        return bytes(self._rest)
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse ``data``; return the events it completes (possibly several requests)."""
