@@ -145,7 +145,10 @@ class Arbiter(Pool):
             elif isinstance(key.data, WorkerRecord):
                 self._read_pipe(key.data)
             elif key.data.on_readable():
-                self.unwatch(key.data)
+                # Its fd is done; it may still wait for a deadline (a process's exit).
+                self._unregister(key.data)
+                if key.data.deadline() is None:
+                    self.unwatch(key.data)
 
     def _forgive(self, away: float) -> None:
         """Restart the workers' clocks after the master was stopped for up to ``away`` seconds.
@@ -173,14 +176,20 @@ class Arbiter(Pool):
         """Stop waiting on ``source``."""
         if source in self.watched:
             self.watched.remove(source)
+            self._unregister(source)
+
+    def _unregister(self, source: Watched) -> None:
+        try:
             self.selector.unregister(source.fileno())
+        except (KeyError, ValueError):
+            pass
 
     def _check_timers(self) -> None:
         now = time.monotonic()
         self._check_workers(now)
         for source in list(self.watched):
             moment = source.deadline()
-            if moment is not None and now >= moment and source.on_deadline():
+            if moment is None or (now >= moment and source.on_deadline()):
                 self.unwatch(source)
         self._check_memory(now)
         if self.next_watchdog is not None and now >= self.next_watchdog:

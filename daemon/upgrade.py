@@ -66,6 +66,8 @@ EVENT_DONE = "upgrade_done"  # new generation ready, previous one retired
 EVENT_ROLLBACK = "upgrade_rollback"  # with reason=: the old generation keeps serving
 EVENT_IGNORED = "upgrade_ignored"  # a USR2 while one is in flight
 # Signals the master handles: blocked across the exec, unblocked by the new image.
+# Signals that stop the master: recorded during the check, they cancel the exec.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 BLOCKED_SIGNALS = frozenset({
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
     signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT,
@@ -256,13 +258,33 @@ class Upgrader:
         if busy:
             self._rollback(busy, stage="check")
             return
-        handoff = build_handoff(arbiter, socket_activated=self.socket_activated)
-        log.info(EVENT_EXEC, pid=os.getpid(), argv=" ".join(exec_argv()), workers=len(handoff.workers),
-                 listeners=len(handoff.listeners))
+        # From here no signal may be lost: block them (a new one stays pending
+        # in the kernel, across the exec) and deal with those already recorded.
+        block_signals()
+        pending = getattr(arbiter, "pending", None)
+        recorded = list(pending) if pending is not None else []
+        stops = [sig for sig in recorded if sig in STOP_SIGNALS]
+        if stops:
+            # A stop asked while the check ran: stop, do not upgrade.
+            unblock_signals()
+            self._rollback(f"{signal.Signals(stops[0]).name} arrived during the check", stage="check")
+            return
+        if pending is not None:
+            # Re-raised while blocked, each stays pending across execve and is
+            # handled by the new image once it unblocks (or here, if exec fails).
+            pending.clear()
+            for sig in dict.fromkeys(recorded):
+                os.kill(os.getpid(), sig)
         try:
+            handoff = build_handoff(arbiter, socket_activated=self.socket_activated)
+            log.info(EVENT_EXEC, pid=os.getpid(), argv=" ".join(exec_argv()), workers=len(handoff.workers),
+                     listeners=len(handoff.listeners))
             exec_in_place(handoff)
-        except OSError as exc:
+        except OSError as exc:  # exec_in_place unblocked the signals again
             self._rollback(f"exec failed: {exc}", stage="exec")
+        except BaseException:
+            unblock_signals()
+            raise
 
     def roll_finished(self, arbiter: Any, ok: bool, error: str = "") -> None:
         """Call when the roll of the adopted workers ends: done, or rolled back with ``error``."""

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 CHECK_PREFIX = "corral upgrade check: "
+# Seconds a check that closed its output gets to exit before it is killed.
+EXIT_GRACE = 5.0
 CONFIG_ONLY = "--corral-check-config-only"  # first check argument when the app is an object
 # Variables the check process must not inherit: it is not the service.
 _PRIVATE_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
@@ -92,6 +94,7 @@ class Preflight:
         self._deadline = time.monotonic() + timeout
         self.on_done = on_done
         self.output = b""
+        self._exit_by: float | None = None  # set at the end of its output
         self.ok: bool | None = None
         self.reason = ""
 
@@ -100,11 +103,25 @@ class Preflight:
         return self._fd
 
     def deadline(self) -> float | None:
-        """When the check has taken too long (``time.monotonic()``); None once it is over."""
-        return None if self.ok is not None else self._deadline
+        """When the loop must call :meth:`on_deadline` (``time.monotonic()``); None once the check is over.
+
+        After the check closed its output: at once when it has exited (the
+        loop is woken by SIGCHLD), else when it has been given too long to exit.
+        """
+        if self.ok is not None:
+            return None
+        if self._exit_by is not None:
+            if self.popen.poll() is not None:
+                return 0.0
+            return min(self._deadline, self._exit_by)
+        return self._deadline
 
     def on_readable(self) -> bool:
-        """Read what is there; True once the check has finished."""
+        """Read what is there; True once the output is over (the fd needs no more watching).
+
+        Never waits for the process: its exit is collected by :meth:`on_deadline`
+        (see :meth:`deadline`), so the master's loop is not held up.
+        """
         if self.ok is not None:
             return True
         while True:
@@ -115,20 +132,31 @@ class Preflight:
             if not chunk:
                 break
             self.output = (self.output + chunk)[-65536:]
-        try:
-            status = self.popen.wait(timeout=5)  # end of output: it is exiting
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            status = self.popen.wait()
-        self._finish(status == 0, f"check exited with status {status}")
+        if self._exit_by is None:
+            self._exit_by = time.monotonic() + EXIT_GRACE
+        status = self.popen.poll()
+        if status is not None:
+            self._finish(status == 0, f"check exited with status {status}")
         return True
 
     def on_deadline(self) -> bool:
-        """The deadline passed: kill the check, fail the upgrade; True (the check is over)."""
-        if self.ok is None:
+        """The check exited, or it took too long (then it is killed and the upgrade fails); True when over."""
+        if self.ok is not None:
+            return True
+        status = self.popen.poll()
+        if status is not None and self._exit_by is not None:
+            self._finish(status == 0, f"check exited with status {status}")
+            return True
+        now = time.monotonic()
+        if now >= self._deadline:
             self.kill()
             self._finish(False, "check did not finish before --timeout-worker-boot")
-        return True
+            return True
+        if self._exit_by is not None and now >= self._exit_by:
+            self.kill()
+            self._finish(False, f"check closed its output but did not exit within {EXIT_GRACE:g}s")
+            return True
+        return False
 
     def expired(self, now: float | None = None) -> bool:
         """Like :meth:`on_deadline`, but only at or past the deadline; True if it fired."""

@@ -309,3 +309,27 @@ def test_usr2_with_an_app_that_starts_a_non_daemon_thread_at_import(corral, src:
                60, "the upgrade to end", alive=server.dead)
     assert upgrade.EVENT_ROLLBACK not in server.output(), server.output()[-3000:]
     assert get(server.url + "/version") == "2"
+
+
+def test_a_term_during_the_usr2_check_is_not_lost(corral, src: Path, tmp_path: Path) -> None:
+    """TERM arriving while the check ends (here: sent by the check itself after closing its output) is
+    honoured: the master stops with status 0 instead of re-executing and serving on."""
+    server = start(corral, src, tmp_path)
+    master = server.pid
+    server.wait_log("worker_ready", count=2)
+    write_version(src, "2")
+    path = src / "upg_app.py"
+    path.write_text(textwrap.dedent("""\
+        import os as _os, signal as _signal, sys as _sys, time as _time
+        if "--check" in _sys.argv:
+            _null = _os.open(_os.devnull, _os.O_WRONLY)
+            _os.dup2(_null, 1)
+            _os.dup2(_null, 2)
+            _time.sleep(0.3)
+            _os.kill(_os.getppid(), _signal.SIGTERM)
+            _time.sleep(0.2)
+    """) + path.read_text())
+    os.kill(master, signal.SIGUSR2)
+    assert server.wait_exit(60) == 0, server.output()[-3000:]
+    assert upgrade.EVENT_DONE not in server.output()
+    wait_until(lambda: not children(master), 10, "no worker left")

@@ -324,3 +324,37 @@ def test_blocked_signals_are_exactly_the_ones_the_master_handles() -> None:
     from daemon.arbiter import COMMANDS
 
     assert set(COMMANDS) == set(upgrade.BLOCKED_SIGNALS)
+
+
+def test_signals_recorded_before_the_exec_stay_pending_across_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal the master recorded but had not dispatched when the check passed is re-raised while the
+    signals are blocked (so the new image gets it); a recorded TERM cancels the exec instead."""
+    import collections
+
+    class Passed:
+        ok, reason = True, ""
+
+    seen: list[set[int]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        seen.append(set(signal.sigpending()))
+        raise OSError("no exec in this test")
+
+    monkeypatch.setattr(os, "execv", execv)
+    got: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, _frame: got.append(signum))
+    try:
+        arbiter = FakeArbiter(build_config({}, {}, app="candidate:app"))
+        arbiter.pending = collections.deque([signal.SIGUSR1])  # type: ignore[attr-defined]
+        upgrade.Upgrader()._checked(arbiter, Passed())  # type: ignore[arg-type]
+        assert seen and signal.SIGUSR1 in seen[0]  # pending in the kernel at the exec
+        assert got == [signal.SIGUSR1]  # and delivered once the failed exec unblocked it
+        assert not arbiter.pending  # type: ignore[attr-defined]
+        seen.clear()
+        arbiter.pending = collections.deque([signal.SIGTERM])  # type: ignore[attr-defined]
+        upgrade.Upgrader()._checked(arbiter, Passed())  # type: ignore[arg-type]
+        assert seen == []  # no exec: the TERM is dispatched by this master
+        assert list(arbiter.pending) == [signal.SIGTERM]  # type: ignore[attr-defined]
+        assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
