@@ -569,6 +569,34 @@ def test_half_close_behind_a_slow_request_serves_the_pipelined_ones(serve, clien
     assert client.closed()
 
 
+def test_connection_accepted_during_shutdown_closes_at_once_unless_bytes_wait(serve, clients) -> None:
+    server = serve(http_apps.echo, timeout_keep_alive=60)
+
+    def stop() -> None:
+        server.state.stopping, server.state.retiring = True, False
+
+    server.call(stop)
+    silent = clients(server.port)
+    started = time.monotonic()
+    assert silent.closed()
+    assert time.monotonic() - started < 5 * FACTOR
+    # A connection whose request is already in the kernel when it is accepted is served.
+    gate, blocked = threading.Event(), threading.Event()
+
+    def block() -> None:  # on the loop thread: nothing is accepted meanwhile
+        blocked.set()
+        assert gate.wait(10 * FACTOR)
+
+    server.loop.call_soon_threadsafe(block)
+    assert blocked.wait(10 * FACTOR)
+    waiting = clients(server.port)
+    waiting.send(GET % b"/waiting")
+    gate.set()
+    status, headers, _ = waiting.response()
+    assert status == 200 and headers[b"x-path"] == b"/waiting" and headers[b"connection"] == b"close"
+    assert waiting.closed()
+
+
 def test_shutdown_during_request_finishes_it_with_close(serve, clients) -> None:
     controlled = http_apps.Controlled()
     server = serve(controlled.wait_release)

@@ -116,11 +116,13 @@ class HTTPProtocol(asyncio.Protocol):
         here = transport.get_extra_info("sockname")
         self.server = (str(here[0]), int(here[1])) if isinstance(here, tuple) else None
         self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
-        if self.state.stopping:
-            self.closing = True
-            self.retiring = self.state.retiring
         self.idle_since = self.loop.time()
         self._arm(self.idle_since + self.state.settings.timeout_keep_alive)
+        if self.state.stopping:
+            # Accepted as the worker stops: served like any other connection
+            # then — closed at once on a full stop unless its request bytes
+            # are already waiting, kept until its first request when retiring.
+            self.shutdown(self.state.retiring)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection; a running request sees ``http.disconnect``."""
