@@ -133,6 +133,9 @@ class Pool:
         self.records: dict[int, WorkerRecord] = {}
         self.target = int(config.workers)
         self.generation = 1  # generation of the config new workers get
+        # The highest generation ever started: a new roll goes above it, so the
+        # survivors of an aborted roll are older than the next roll's floor.
+        self.last_generation = 1
         self.floor = 1  # workers older than this are replaced (a roll)
         self.serial = 0
         self.roll: Roll | None = None
@@ -309,6 +312,9 @@ class Pool:
         elif verdict is Verdict.ABORT_ROLL and self.roll is not None:
             log.error("roll_aborted", generation=self.roll.generation, worker=record.pid, error=message)
             say(f"reload aborted, the previous workers keep serving: {message}")
+            # Back to the previous config; its generation number is never reused
+            # (last_generation keeps the aborted one), so the next roll replaces
+            # this roll's surviving new workers too.
             self.config = self.roll.previous_config
             self.floor = self.roll.previous_floor
             self.generation = self.roll.previous_generation
@@ -423,7 +429,8 @@ class Pool:
             # A new roll supersedes the running one; its new workers stay current.
             log.info("roll_superseded", generation=self.roll.generation)
             self._end_roll(True, "")
-        self.roll = Roll(generation=self.generation + 1, reason=reason, previous_config=self.config,
+        self.last_generation = max(self.last_generation, self.generation) + 1
+        self.roll = Roll(generation=self.last_generation, reason=reason, previous_config=self.config,
                          previous_floor=self.floor, previous_generation=self.generation)
         self.config = config
         self.generation = self.floor = self.roll.generation
@@ -439,6 +446,7 @@ class Pool:
         self.records[record.pid] = record
         self.serial = max(self.serial, record.serial)
         self.generation = max(self.generation, record.generation)
+        self.last_generation = max(self.last_generation, self.generation)
         self.floor = self.generation
         if record.state is State.READY:
             self.ever_ready = self.announced_ready = True

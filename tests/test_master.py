@@ -304,3 +304,70 @@ def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stderr.strip() == f"corral: cannot bind 127.0.0.1:{port}: address already in use"
+
+
+# -- generations -------------------------------------------------------------------
+
+COUNTED_APP = '''
+import fcntl
+
+VERSION = "{version}"
+FAIL_AT = {fail_at}  # the startup (counted across workers) that fails; 0: none
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                with open({counter!r}, "a+") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    handle.write("x")
+                    handle.flush()
+                    handle.seek(0)
+                    count = len(handle.read())
+                if count == FAIL_AT:
+                    await send({{"type": "lifespan.startup.failed", "message": "startup number " + str(count)}})
+                    return
+                await send({{"type": "lifespan.startup.complete"}})
+            else:
+                await send({{"type": "lifespan.shutdown.complete"}})
+                return
+    if scope["type"] != "http":
+        return
+    body = VERSION.encode()
+    await send({{"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]}})
+    await send({{"type": "http.response.body", "body": body}})
+'''
+
+
+def test_after_an_aborted_roll_the_next_hup_replaces_its_survivors(corral: Start, tmp_path: Path) -> None:
+    """A roll whose 2nd new worker fails is aborted, leaving one new worker; the next HUP's floor is above
+    it (generations never repeat), so after roll_done only the newest code answers."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+
+    def deploy(version: str, fail_at: int) -> None:
+        counter = tmp_path / f"starts-{version}"
+        (src / "counted.py").write_text(COUNTED_APP.format(version=version, fail_at=fail_at, counter=str(counter)))
+        shutil.rmtree(src / "__pycache__", ignore_errors=True)
+
+    deploy("1", 0)
+    proc = corral("counted:app", "--workers", "2", "--app-dir", str(src), app_dir=False)
+    proc.wait_log("worker_ready", count=2)
+    deploy("2", 2)  # the roll's first new worker boots, its second fails
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("roll_aborted", timeout=30)
+    wait_until(lambda: len(worker_pids(proc.pid)) == 2, 30, "two workers after the abort", alive=proc.dead)
+    before = worker_pids(proc.pid)
+    # One new worker of the aborted roll became ready and survives it.
+    assert any("worker_ready" in line and "generation=2 " in line for line in proc.output().splitlines())
+    deploy("3", 0)
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("roll_done", timeout=30)
+    wait_until(lambda: not (worker_pids(proc.pid) & before), 30 + 30, "every worker from before the HUP gone",
+               alive=proc.dead)
+    assert {httpx.get(proc.url, timeout=5).text for _ in range(40)} == {"3"}
