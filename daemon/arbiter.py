@@ -75,6 +75,8 @@ class Arbiter(Pool):
         self.watched: list[Watched] = []
         self.interrupts = 0
         self.next_watchdog: float | None = None
+        # A HUP that arrived during the USR2 roll: applied once that roll ends.
+        self.reload_deferred = False
         self.pending: collections.deque[int] = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
 
@@ -127,6 +129,10 @@ class Arbiter(Pool):
                 if self.stopping and not self.records:
                     return self.exit_status
                 self._maintain()
+                if self.reload_deferred and self.roll is None:
+                    self.reload_deferred = False
+                    self.on_reload()
+                    self._maintain()
         finally:
             self._teardown()
 
@@ -229,6 +235,15 @@ class Arbiter(Pool):
     def on_reload(self) -> None:
         """HUP: validate the new configuration, then roll the workers onto it."""
         if self.stopping:
+            return
+        if self.roll is not None and self.roll.reason == "upgrade":
+            # Superseding the upgrade's roll would report the upgrade done (and
+            # READY=1) before any new worker is ready: finish it first.
+            if not self.reload_deferred:
+                self.reload_deferred = True
+                log.info("reload_deferred", reason="the USR2 upgrade's new generation is not ready yet; "
+                         "the reload follows it")
+                say("reload deferred until the upgrade's new generation is ready")
             return
         from daemon.config import ConfigError, reload_config
 

@@ -333,3 +333,49 @@ def test_a_term_during_the_usr2_check_is_not_lost(corral, src: Path, tmp_path: P
     assert server.wait_exit(60) == 0, server.output()[-3000:]
     assert upgrade.EVENT_DONE not in server.output()
     wait_until(lambda: not children(master), 10, "no worker left")
+
+
+def test_a_hup_during_the_upgrade_roll_waits_for_it(procs, src: Path, tmp_path: Path, short_tmp: Path) -> None:
+    """A HUP while the USR2 new generation boots does not end the upgrade early: READY=1 (and
+    upgrade_done) only once the new workers are ready; the reload follows, deferred."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    notify = NotifySocket(str(short_tmp / "notify"))
+    slow = tmp_path / "slow"
+    argv = [sys.executable, "-m", "daemon", "upg_app:app", "--app-dir", str(src), "--workers", "2",
+            "--timeout-worker-boot", "30", "--fd", str(sock.fileno())]
+    proc = procs(argv, name="hup-in-upgrade", pass_fds=[sock.fileno()],
+                 env={"NOTIFY_SOCKET": notify.env_value, "CORRAL_LOG_LEVEL": "info"})
+    sock.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        first, _ = notify.wait_for(lambda m: m.get("READY") == "1", 30 * FACTOR, alive=proc.dead)
+        write_version(src, "2")
+        path = src / "upg_app.py"
+        # The new generation's startup takes a while (long enough for a HUP to land in its roll).
+        path.write_text(path.read_text().replace(
+            "            await send({\"type\": \"lifespan.startup.complete\"})",
+            f"            while __import__('os').path.exists({str(slow)!r}):\n"
+            "                await asyncio.sleep(0.05)\n"
+            "            await send({\"type\": \"lifespan.startup.complete\"})"))
+        slow.touch()
+        os.kill(proc.pid, signal.SIGUSR2)
+        wait_until(lambda: "reason=upgrade" in proc.output() and "worker_spawned" in
+                   proc.output().split("roll_started")[-1], 30, "the upgrade roll booting", alive=proc.dead)
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: "reload_deferred" in proc.output(), 10, "the HUP deferred", alive=proc.dead)
+        late = len(notify.poll())
+        assert not any(m.get("READY") == "1" for m in notify.messages[first + 1:]), notify.messages
+        assert upgrade.EVENT_DONE not in proc.output()
+        slow.unlink()  # now the new generation may become ready
+        index, _ = notify.wait_for(lambda m: m.get("READY") == "1", 30 * FACTOR, start=late, alive=proc.dead)
+        assert upgrade.EVENT_DONE in proc.output()
+        # The deferred reload then runs: RELOADING=1, then READY=1 again, v2 served throughout.
+        index, _ = notify.wait_for(lambda m: m.get("RELOADING") == "1", 30 * FACTOR, start=index + 1,
+                                   alive=proc.dead)
+        notify.wait_for(lambda m: m.get("READY") == "1", 30 * FACTOR, start=index + 1, alive=proc.dead)
+        assert get(url + "/version") == "2"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait_exit(60) == 0
+    finally:
+        notify.close()
