@@ -739,3 +739,69 @@ def test_processes_and_threads_never_interleave_lines_on_a_shared_pipe() -> None
     assert max(len(json.dumps(line)) for line in lines) < 4096  # under PIPE_BUF: atomic
     spam = [line for line in lines if line["event"] == "spam"]
     assert all(line["payload"] == f"{line['thread']}-{line['i']}-" * 400 for line in spam)
+
+
+def test_batched_access_lines_from_several_processes_stay_whole_and_counted() -> None:
+    """4 "workers" log access lines from their event loops (batched per loop pass) into one pipe.
+
+    Each pass logs a burst of lines (far more than PIPE_BUF bytes together,
+    some non-ASCII, one longer than PIPE_BUF) while a thread logs directly;
+    the processes end right after the loop, as a worker does. Every line
+    arrives whole, exactly once, and the loop's lines keep their order.
+    """
+    code = PRELUDE + textwrap.dedent("""
+        import asyncio
+        logs.configure(ServerSettings(log_format=sys.argv[1]))
+        access = logs.AccessLog()
+        log = structlog.get_logger("corral.error")
+        def other_thread():
+            for i in range(300):
+                access.log(("10.0.0.9", i), "POST", b"/thread", b"", "1.1", 201, i, 0.0)
+                log.info("direct", i=i)
+        async def main():
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            n = 0
+            for p in range(60):
+                for _ in range(50):
+                    path = b"/caf\\xc3\\xa9" if n % 7 == 0 else b"/x" * (3000 if n == 778 else 1)
+                    access.log(("127.0.0.1", os.getpid()), "GET", path, str(n).encode(), "1.1", 200, n, 0.001)
+                    n += 1
+                await asyncio.sleep(0)
+            thread.join()
+            access.log(("127.0.0.1", os.getpid()), "GET", b"/last", b"", "1.1", 200, n, 0.0)  # in the last pass
+        asyncio.run(main())
+        os._exit(0)  # as a worker ends: no atexit, no logging.shutdown
+    """)
+    for log_format in ("json", "console"):
+        read_end, write_end = os.pipe()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        children = [subprocess.Popen([sys.executable, "-c", code, log_format], stdout=subprocess.DEVNULL,
+                                     stderr=write_end, cwd=str(ROOT), env=env) for _ in range(4)]
+        os.close(write_end)
+        chunks = []
+        with os.fdopen(read_end, "rb") as reader:
+            while chunk := reader.read(65536):
+                chunks.append(chunk)
+        assert all(child.wait(60 * FACTOR) == 0 for child in children)
+        text = b"".join(chunks).decode()
+        if log_format == "console":
+            lines = text.splitlines()
+            assert len(lines) == 4 * (3000 + 1 + 600)
+            loop_lines = [line for line in lines if ' - "GET ' in line]
+            assert all(re.search(r' - "GET (/caf\u00c3\u00a9|(/x)+|/last)\??\d* HTTP/1\.1" 200 \d+B \d+\.\d\dms '
+                                 r'\[corral\.access\] pid=\d+$', line) for line in loop_lines), loop_lines[:3]
+            continue
+        records = json_lines(text)
+        assert len(records) == 4 * (3000 + 1 + 600)
+        by_pid: dict[int, list[dict[str, Any]]] = {}
+        for record in records:
+            if record["logger"] == "corral.access" and record["method"] == "GET":
+                by_pid.setdefault(record["pid"], []).append(record)
+        assert len(by_pid) == 4
+        for lines in by_pid.values():
+            assert [line["size"] for line in lines] == list(range(3001))  # all there, in order
+            assert lines[-1]["path"] == "/last"
+            assert lines[7]["path"] == "/caf\u00c3\u00a9?7" and len(lines[778]["path"]) == 6000 + 4
+        assert sum(1 for r in records if r["event"] == "direct") == 4 * 300
+        assert sum(1 for r in records if r.get("path") == "/thread") == 4 * 300

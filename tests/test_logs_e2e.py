@@ -104,6 +104,28 @@ def test_console_access_line(corral: Callable[..., Corral]) -> None:
     assert "\x1b[" not in proc.output()
 
 
+def test_every_access_line_whole_and_counted_through_shutdown(corral: Callable[..., Corral]) -> None:
+    """Many concurrent keep-alive requests over 2 workers (lines batched per loop pass), then TERM at once:
+    every request has exactly one whole access line."""
+    import concurrent.futures
+
+    proc = corral(APP, "--workers", "2", "--log-format", "json")
+    per_client, clients = 150, 8
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=proc.url, timeout=10) as http:
+            for i in range(per_client):
+                assert http.get(f"/bytes?{index * per_client + i}").status_code == 200
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+    lines = [r for r in stderr_records(proc)  # every line parses
+             if r["logger"] == "corral.access" and r["path"].startswith("/bytes")]
+    assert sorted(r["size"] for r in lines) == list(range(per_client * clients))
+
+
 def test_no_access_log_writes_no_access_lines(corral: Callable[..., Corral]) -> None:
     proc = corral(APP, "--no-access-log", "--log-format", "json")
     for _ in range(5):

@@ -48,7 +48,11 @@ as ``TRACE``, for connection and protocol events; structlog loggers get a
 
 Lines never interleave: each record is written with a single ``write()`` of a
 complete line (:class:`LineHandler`), and a line shorter than PIPE_BUF is
-atomic on the pipe that the master and all workers share as stderr.
+atomic on the pipe that the master and all workers share as stderr. Access
+lines rendered by corral's own formatters skip the record and ``Logger.handle``
+(the route is re-checked once per event-loop pass) and are written once per
+loop pass, in groups of whole lines of at most PIPE_BUF bytes; they are
+written before any other line of the handler, on ``flush()`` and on USR1.
 
 This module is imported by the master: no asyncio, no application imports.
 """

@@ -33,7 +33,7 @@ class AccessLog:
     short path. The worker creates it only with ``--access-log``.
     """
 
-    __slots__ = ("_logger", "_template")
+    __slots__ = ("_logger", "_template", "_route")
 
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self._logger = logging.getLogger(ACCESS_LOGGER)
@@ -42,6 +42,9 @@ class AccessLog:
         # user's format string may name, without LogRecord.__init__'s cost.
         base = self._logger.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "", (), None)
         self._template = dict(base.__dict__)
+        # The handlers, when the fast path applies (see render.access_route);
+        # re-checked on the first line of every event-loop pass.
+        self._route: render.AccessRoute | None = None
 
     def log(self, client: Any, method: str, raw_path: bytes, query_string: bytes, http_version: str,
             status: int, size: int, duration: float) -> None:
@@ -56,7 +59,29 @@ class AccessLog:
             # Control characters would break the one-line guarantee or drive
             # a terminal; show them escaped.
             path = path.encode("unicode_escape").decode("ascii")
-        peer = _client_text(client)
+        if client.__class__ is tuple and ":" not in client[0]:  # the usual IPv4 peer, inline
+            peer = f"{client[0]}:{client[1]}"
+        else:
+            peer = _client_text(client)
+        route = self._route
+        # A route is trusted while its first handler has lines of this loop
+        # pass waiting (so the check runs once per pass, not per request);
+        # otherwise it is worked out again, which follows any change a
+        # --log-config, the app or a test made to the loggers meanwhile.
+        if route is None or route[0][0]._scheduled_on is None:
+            route = self._route = render.access_route(logger)
+        if route is not None:
+            # Our handlers and formatters only: the line goes straight to
+            # them, skipping the record and Logger.handle's machinery.
+            now = time.time()
+            name = logger.name
+            for handler, access_line in route:
+                line = access_line(name, now, peer, method, path, http_version, status, size, duration * 1000.0)
+                if handler._scheduled_on is not None:  # LineHandler.write_line's first step, inline
+                    handler._pending.append(line)
+                else:
+                    handler.write_line(line)
+            return
         duration_ms = round(duration * 1000.0, 2)
         record = _new_record(AccessRecord)
         attrs = record.__dict__

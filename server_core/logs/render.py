@@ -14,11 +14,15 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from structlog.stdlib import ProcessorFormatter
+
+if TYPE_CHECKING:
+    import asyncio
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -81,21 +85,29 @@ def all_loggers() -> list[logging.Logger]:
 class _Clock:
     """ISO 8601 UTC timestamps with milliseconds; the seconds part is formatted once per second."""
 
-    __slots__ = ("_cached",)
+    __slots__ = ("_cached", "_last")
 
     def __init__(self) -> None:
         # (second, "YYYY-MM-DDTHH:MM:SS") in ONE attribute: threads logging at
         # once read a consistent pair (a reassignment is atomic), never the
         # prefix of one second with the check of another.
         self._cached: tuple[int, str] = (-1, "")
+        # (millisecond, whole timestamp): under load many lines share one.
+        self._last: tuple[int, str] = (-1, "")
 
     def iso(self, created: float) -> str:
-        second = int(created)
+        millis = int(created * 1000)
+        last_millis, text = self._last
+        if millis == last_millis:
+            return text
+        second, millis_part = divmod(millis, 1000)
         cached_second, prefix = self._cached
         if second != cached_second:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._cached = (second, prefix)
-        return f"{prefix}.{int((created - second) * 1000):03d}Z"
+        text = f"{prefix}.{millis_part:03d}Z"
+        self._last = (millis, text)
+        return text
 
 
 _clock = _Clock()
@@ -258,6 +270,16 @@ class _CorralFormatter(ProcessorFormatter):
         return logging.Formatter.format(self, wrapped)
 
     def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
+        return self.access_line(record.name, record.created, fields["client"], fields["method"], fields["path"],
+                                fields["http_version"], fields["status"], fields["size"], fields["duration_ms"])
+
+    def access_line(self, name: str, created: float, client: str, method: str, path: str, http_version: str,
+                    status: int, size: int, duration_ms: float) -> str:
+        """The rendered access line (no newline) from its fields; see :class:`AccessLog`.
+
+        ``duration_ms`` may carry more digits than shown: it is rounded to
+        hundredths here (the record's ``corral_access`` holds it rounded).
+        """
         raise NotImplementedError
 
 
@@ -274,17 +296,19 @@ class JSONFormatter(_CorralFormatter):
                          renderer=structlog.processors.JSONRenderer(default=repr),
                          pre=[structlog.processors.format_exc_info, _json_order])
 
-    def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
+    def access_line(self, name: str, created: float, client: str, method: str, path: str, http_version: str,
+                    status: int, size: int, duration_ms: float) -> str:
+        """The access line as one JSON object."""
         # The shape is fixed, so the line is assembled directly; strings go
         # through the json module's own C escaper, numbers are ints and a
         # float, so the output is exactly what json.dumps would give.
         q = _json_string
         return (
-            f'{{"timestamp": "{_clock.iso(record.created)}", "level": "info", "logger": {q(record.name)}, '
-            f'"pid": {current_pid}, "event": "request", "client": {q(fields["client"])}, '
-            f'"method": {q(fields["method"])}, "path": {q(fields["path"])}, '
-            f'"http_version": {q(fields["http_version"])}, "status": {int(fields["status"])}, '
-            f'"size": {int(fields["size"])}, "duration_ms": {float(fields["duration_ms"])!r}}}'
+            f'{{"timestamp": "{_clock.iso(created)}", "level": "info", "logger": {q(name)}, '
+            f'"pid": {current_pid}, "event": "request", "client": {q(client)}, '
+            f'"method": {q(method)}, "path": {q(path)}, '
+            f'"http_version": {q(http_version)}, "status": {int(status)}, '
+            f'"size": {int(size)}, "duration_ms": {round(duration_ms, 2)!r}}}'
         )
 
 
@@ -303,17 +327,32 @@ class ConsoleFormatter(_CorralFormatter):
         )
         super().__init__(fmt, datefmt, style, validate, renderer=renderer, pre=[])
         self.colors = colors
-        self._access_templates: dict[str, str] = {}
+        self._access_parts: dict[str, tuple[int, str, str, str]] = {}
 
-    def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
+    def access_line(self, name: str, created: float, client: str, method: str, path: str, http_version: str,
+                    status: int, size: int, duration_ms: float) -> str:
+        """The access line with the common console prefix and suffix."""
         # The access line already says everything: only the common prefix is
         # added, from a template the renderer itself produced (see __init__).
-        template = self._access_templates.get(record.name)
-        if template is None:
-            template = self._access_templates[record.name] = self._access_template(record.name)
-        event = (f'{fields["client"]} - "{fields["method"]} {fields["path"]} HTTP/{fields["http_version"]}" '
-                 f'{fields["status"]} {fields["size"]}B {fields["duration_ms"]:.2f}ms')
-        return template % {"ts": _clock.iso(record.created), "event": event, "pid": current_pid}
+        parts = self._access_parts.get(name)
+        if parts is None or parts[0] != current_pid:
+            parts = self._access_parts[name] = self._split_template(name)
+        _, before_ts, before_event, after_event = parts
+        millis, timestamp = _clock._last  # _Clock.iso's cache, read inline (one line per request)
+        if millis != int(created * 1000):
+            timestamp = _clock.iso(created)
+        return (f'{before_ts}{timestamp}{before_event}{client} - "{method} {path} HTTP/{http_version}" '
+                f'{status} {size}B {duration_ms:.2f}ms{after_event}')
+
+    def _split_template(self, logger_name: str) -> tuple[int, str, str, str]:
+        # (pid, text before the timestamp, between it and the event, after
+        # the event with the pid filled in): one f-string per line.
+        template = self._access_template(logger_name)
+        head, _, rest = template.partition("%(ts)s")
+        middle, _, tail = rest.partition("%(event)s")
+        # structlog's console renderer puts the timestamp first, then the
+        # level, the event, and the fields (logger, pid) after it.
+        return current_pid, head.replace("%%", "%"), middle.replace("%%", "%"), tail % {"pid": current_pid}
 
     def _access_template(self, logger_name: str) -> str:
         # Render placeholders once through the real renderer (colours and all)
@@ -328,20 +367,59 @@ class ConsoleFormatter(_CorralFormatter):
         return str(text)
 
 
+# Lines written together in one write() stay below this many bytes: a write
+# of at most PIPE_BUF bytes to a pipe is atomic (POSIX; 4096 on Linux), so
+# lines from the processes sharing stderr never interleave mid-line.
+PIPE_BUF = 4096
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None (asyncio imported on first use, not by the master)."""
+    global _running_loop
+    import asyncio
+
+    # The C accessor asyncio itself uses; from now on called directly.
+    _running_loop = asyncio._get_running_loop
+    return _running_loop()
+
+
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that writes each record as ONE ``write()`` of a whole line.
+    """A stream handler that writes whole lines, never a part of one, in a single ``write()``.
 
     stderr is shared by the master and every worker. Writing the message and
     the newline separately (or in pieces) would let another process's line
     land in between; a single write of a line shorter than PIPE_BUF is atomic
     on a pipe, and the flush right after keeps nothing half-written in a buffer.
+
+    :meth:`emit` (every record through ``logging``) writes at once.
+    :meth:`write_line` is the access log's batched path: called on a thread
+    whose event loop is running, it keeps the line and writes everything
+    kept in that loop pass with one ``write()`` per PIPE_BUF-sized group of
+    whole lines, from a callback scheduled with ``call_soon`` — one system
+    call per loop pass instead of one per request. Kept lines are written
+    before any other line of this handler (order is kept), on
+    :meth:`flush` (``logging.shutdown``, USR1's :func:`reopen`), when a
+    group is full, and from the scheduled callback, which also runs when the
+    loop is run once more after its main task (``asyncio.run`` and corral's
+    worker do). Without a running loop the line is written at once.
     """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        # Lines kept for this loop pass. A deque: append and popleft are
+        # atomic, so the loop thread keeps a line without taking the lock,
+        # and whoever writes (under the lock) takes whole lines off the left.
+        self._pending: deque[str] = deque()
+        # The loop on which a write of _pending is scheduled (None: none is).
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format ``record`` and write it with its newline in one call, then flush."""
         try:
             line = self.format(record) + "\n"
             stream = self.stream
+            if self._pending:  # kept access lines go first (called under the handler's lock)
+                self._write_pending()
             stream.write(line)
             stream.flush()
         except RecursionError:
@@ -349,3 +427,123 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
+    def write_line(self, line: str) -> None:
+        """Write ``line`` (no newline) now or, on a running loop, with the rest of this loop pass.
+
+        While a write is scheduled, a line is only appended to ``_pending``
+        (the access log does that itself, inline): it goes out with the
+        pass's write, whichever thread it came from.
+        """
+        if self._scheduled_on is not None:
+            self._pending.append(line)
+            return
+        loop = _running_loop()
+        if loop is not None:
+            self._pending.append(line)
+            self._scheduled_on = loop
+            loop.call_soon(self._write_scheduled)
+            return
+        self.acquire()
+        try:
+            if self._pending:
+                self._write_pending()
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": line}))
+        finally:
+            self.release()
+
+    def _write_scheduled(self) -> None:
+        self.acquire()
+        try:
+            self._scheduled_on = None
+            if self._pending:
+                self._write_pending()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": "(access log lines kept for a loop pass)"}))
+        finally:
+            self.release()
+
+    def _write_pending(self) -> None:
+        """Write the kept lines (under the lock), one ``write()`` per group of whole lines up to PIPE_BUF bytes."""
+        pending = self._pending
+        take = pending.popleft
+        # Only the lines there now: another thread may append meanwhile (kept for the next write).
+        lines = [take() for _ in range(len(pending))]
+        if not lines:
+            return
+        text = "\n".join(lines) + "\n"
+        write, flush = self.stream.write, self.stream.flush
+        if text.isascii():  # characters are bytes: cut at the last newline within PIPE_BUF
+            start, end = 0, len(text)
+            while end - start > PIPE_BUF:
+                cut = text.rfind("\n", start, start + PIPE_BUF) + 1
+                if cut <= start:  # one line longer than PIPE_BUF: alone (no write of it can be atomic)
+                    cut = text.index("\n", start) + 1
+                write(text[start:cut])
+                flush()
+                start = cut
+            write(text[start:] if start else text)
+            flush()
+            return
+        group: list[str] = []
+        size = 0
+        for line in lines:
+            line += "\n"
+            length = len(line.encode("utf-8", "surrogateescape"))
+            if group and size + length > PIPE_BUF:
+                write("".join(group))
+                flush()
+                group, size = [], 0
+            group.append(line)
+            size += length
+        write("".join(group))
+        flush()
+
+    def flush(self) -> None:
+        """Write any kept lines, then flush the stream."""
+        self.acquire()
+        try:
+            if self._pending:
+                self._write_pending()
+            super().flush()
+        finally:
+            self.release()
+
+
+AccessRoute = tuple[tuple[LineHandler, Any], ...]
+
+
+def access_route(logger: logging.Logger, level: int = logging.INFO) -> AccessRoute | None:
+    """The handlers a record of ``logger`` at ``level`` reaches, when all can take the access fast path.
+
+    That is: no filters on the way, and every handler that would emit it is
+    a :class:`LineHandler` whose formatter is one of corral's with the plain
+    ``"%(message)s"`` format. Then the access line can be rendered and
+    handed to the handlers directly, as ``Logger.handle`` would, without
+    the record. Returns ``((handler, formatter.access_line), …)`` or None.
+    """
+    if logger.disabled:
+        return None
+    found: list[tuple[LineHandler, Any]] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if level < handler.level:
+                continue
+            formatter = handler.formatter
+            if (type(handler) is not LineHandler or handler.filters or not isinstance(formatter, _CorralFormatter)
+                    or not formatter._plain or type(formatter).format is not _CorralFormatter.format):
+                return None
+            found.append((handler, formatter.access_line))
+        if not current.propagate:
+            break
+        current = current.parent
+    return tuple(found) if found else None  # no handler at all: logging's lastResort decides

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import structlog
 
 from server_core.logs import render
-from server_core.logs.render import ERROR_LOGGER, all_loggers
+from server_core.logs.render import ERROR_LOGGER, LineHandler, all_loggers
 
 
 def _all_handlers() -> Iterator[logging.Handler]:
@@ -32,6 +32,9 @@ def reopen() -> None:
     failures: list[tuple[str, OSError]] = []
     reopened = 0
     for handler in _all_handlers():
+        if isinstance(handler, LineHandler):
+            handler.flush()  # access lines kept for this loop pass go out now, in order
+            continue
         if not isinstance(handler, logging.FileHandler):
             continue
         handler.acquire()
