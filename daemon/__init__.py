@@ -9,14 +9,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from daemon.config import Config, ConfigError, apply_env_file, build_config
+from daemon.config import Config, ConfigError, build_config
 
 __all__ = ["run", "launch", "Config", "ConfigError"]
 
 
 def launch(config: Config) -> int:
-    """Serve with a validated config: the reloader with --reload, else the master. Returns the exit status."""
-    apply_env_file(config)
+    """Serve with a validated config: the reloader with --reload, else the master. Returns the exit status.
+
+    ``--env-file`` is not loaded here: each worker gets it (see ``daemon.config.apply_env_file``).
+    """
     try:
         from server_core import logs
 

@@ -380,8 +380,13 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
         say(f"listening on {listener.url(scheme)}")
     app = None
     if config.preload:
+        from daemon.config import env_overlay
         from server_core.importer import AppLoadError, load
 
+        # The app is imported here: let it see --env-file as a worker would,
+        # without the master's own environment (its options) ever taking it in.
+        overlay = env_overlay(config)
+        os.environ.update(overlay)
         try:
             app = load(config.server_settings())
         except AppLoadError as exc:
@@ -391,6 +396,9 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
             if resumed is not None:
                 resumed.abandon(exc.message)
             return EXIT_APP_FAILED
+        finally:
+            for name in overlay:
+                os.environ.pop(name, None)
     if config.pid:
         try:
             pidfile.write(config.pid)

@@ -166,6 +166,9 @@ class Config:
     command_line: Mapping[str, Any] = field(default_factory=dict)
     given_app: Any = None
     given_source: str = "command line"
+    # The --env-file's variables as read when this config was built (at start,
+    # at every HUP): layered under the real environment in each new worker.
+    env_values: Mapping[str, str] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -204,16 +207,35 @@ class Config:
         )
 
 
+def read_env_file(path: str | None) -> dict[str, str]:
+    """The variables of an ``--env-file`` (dotenv syntax); ``{}`` without one. Never touches the environment."""
+    if not path:
+        return {}
+    from dotenv import dotenv_values
+
+    try:
+        values = dotenv_values(path)
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--env-file {path}: not text: {exc}") from None
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def env_overlay(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``--env-file`` variables the real environment does not set (the real environment wins)."""
+    env = os.environ if environ is None else environ
+    return {name: value for name, value in config.env_values.items() if name not in env}
+
+
 def apply_env_file(config: Config) -> None:
-    """Load ``--env-file`` into this process's environment (inherited by workers).
+    """Layer ``--env-file`` under this process's environment (for a worker or the USR2 check).
 
-    Variables already set in the environment win, as with uvicorn.
+    The master itself never calls this: its environment stays the real one, so
+    ``CORRAL_*`` lines in the file never become options, and a line removed
+    from the file disappears from the workers started after the next HUP.
     """
-    path = config.values["env-file"]
-    if path:
-        from dotenv import load_dotenv
-
-        load_dotenv(path, override=False)
+    os.environ.update(env_overlay(config))
 
 
 def _split_ips(text: str) -> tuple[str, ...]:
@@ -267,7 +289,8 @@ def build_config(command_line: Mapping[str, Any], env: Mapping[str, str] | None 
     _check(values, sources, app)
     config = Config(app=app, values=MappingProxyType(values), binds=_binds(values, sources),
                     sources=MappingProxyType(sources), command_line=MappingProxyType(dict(command_line)),
-                    given_app=given_app, given_source=source)
+                    given_app=given_app, given_source=source,
+                    env_values=MappingProxyType(read_env_file(values["env-file"])))
     _check_tls(config)
     return config
 

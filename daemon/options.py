@@ -82,8 +82,11 @@ UVICORN_OPTIONS: tuple[Option, ...] = (
     _o("lifespan", "choice", "auto", "Lifespan implementation.", choices=("auto", "on", "off")),
     _o("interface", "choice", "auto", "Select ASGI3, ASGI2, or WSGI as the application interface.",
        choices=("auto", "asgi3", "asgi2", "wsgi")),
-    _o("env-file", "path", None, "Environment configuration file (loaded into the environment of the "
-       "master and its workers)."),
+    _o("env-file", "path", None, "Environment configuration file (dotenv syntax) for the application: read "
+       "at start and again at every HUP; its variables are added under the real environment (which wins) "
+       "in each new worker, a line removed from the file is gone from the workers started after the next "
+       "HUP, and CORRAL_*/UVICORN_* lines in it never set corral options (as uvicorn, which loads it after "
+       "parsing the options)."),
     _o("log-config", "path", None, "Logging configuration file. Supported formats: .ini, .json, .yaml."),
     _o("log-level", "choice", "info", "Log level.",
        choices=("critical", "error", "warning", "info", "debug", "trace")),

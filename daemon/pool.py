@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.config import env_overlay
 from daemon.listeners import Listener
 from daemon.spawn import read_pipe, reap, send_signal, spawn_worker
 from daemon.workers import (
@@ -229,7 +230,8 @@ class Pool:
         settings = self.config.server_settings(limit)
         try:
             pid, read_fd = spawn_worker(settings, [lst.sock for lst in self.listeners],
-                                        close_fds=self._master_fds(), app=self.preloaded_app)
+                                        close_fds=self._master_fds(), app=self.preloaded_app,
+                                        env=env_overlay(self.config) if self.config.env_file else None)
         except OSError as exc:  # fork or pipe failed: out of processes or memory
             log.error("spawn_failed", error=str(exc))
             self.failures += 1

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from socket import socket
 from typing import Any
 
@@ -35,7 +35,8 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def spawn_worker(settings: ServerSettings, sockets: Sequence[socket], *,
-                 close_fds: Iterable[int] = (), app: Any = None) -> tuple[int, int]:
+                 close_fds: Iterable[int] = (), app: Any = None,
+                 env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """Fork a worker serving on ``sockets``; return ``(pid, control_read_fd)`` in the master."""
     read_fd, write_fd = os.pipe()
     # Buffered output would otherwise be written twice, once by each process.
@@ -49,12 +50,12 @@ def spawn_worker(settings: ServerSettings, sockets: Sequence[socket], *,
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         return pid, read_fd
-    _run_child(settings, sockets, read_fd, write_fd, list(close_fds), app)
+    _run_child(settings, sockets, read_fd, write_fd, list(close_fds), app, env or {})
     raise AssertionError("unreachable")  # _run_child never returns
 
 
 def _run_child(settings: ServerSettings, sockets: Sequence[socket], read_fd: int, write_fd: int,
-               close_fds: list[int], app: Any) -> None:
+               close_fds: list[int], app: Any, env: Mapping[str, str]) -> None:
     status = EXIT_SPAWN_ERROR
     master = os.getppid()
     try:
@@ -72,6 +73,8 @@ def _run_child(settings: ServerSettings, sockets: Sequence[socket], read_fd: int
         from server_core.worker import serve
 
         forget_notify_socket()
+        # --env-file, under the real environment (the master never loads it itself).
+        os.environ.update(env)
         status = serve(settings, sockets, control=PipeControl(write_fd), app=app)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else EXIT_SPAWN_ERROR

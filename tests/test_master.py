@@ -371,3 +371,42 @@ def test_after_an_aborted_roll_the_next_hup_replaces_its_survivors(corral: Start
     wait_until(lambda: not (worker_pids(proc.pid) & before), 30 + 30, "every worker from before the HUP gone",
                alive=proc.dead)
     assert {httpx.get(proc.url, timeout=5).text for _ in range(40)} == {"3"}
+
+
+ENV_APP = '''
+import json
+import os
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = json.dumps({k: v for k, v in os.environ.items() if k.startswith(("EF_", "CORRAL_WORKERS"))}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+def test_env_file_is_reread_on_hup_under_the_real_environment(corral: Start, tmp_path: Path) -> None:
+    """--env-file reaches the app, is re-read at every HUP (changed and removed lines follow), stays
+    under the real environment, and its CORRAL_* lines never set options (no 3 workers)."""
+    (tmp_path / "env_app.py").write_text(ENV_APP)
+    env_file = tmp_path / "app.env"
+    env_file.write_text("EF_A=one\nEF_B=b\nEF_REAL=from-file\nCORRAL_WORKERS=3\n")
+    proc = corral("env_app:app", "--app-dir", str(tmp_path), "--env-file", str(env_file), "--lifespan", "off",
+                  app_dir=False, env={"EF_REAL": "real"})
+    proc.wait_log("worker_ready")
+    seen = httpx.get(proc.url, timeout=5).json()
+    assert seen == {"EF_A": "one", "EF_B": "b", "EF_REAL": "real", "CORRAL_WORKERS": "3"}, seen
+    assert len(worker_pids(proc.pid)) == 1
+    first = worker_pids(proc.pid)
+    env_file.write_text("EF_A=two\nEF_REAL=from-file\nCORRAL_WORKERS=3\n")
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("roll_done")
+    wait_until(lambda: len(worker_pids(proc.pid) - first) == 1 and not (worker_pids(proc.pid) & first), 30,
+               "the one new worker alone", alive=proc.dead)
+    seen = httpx.get(proc.url, timeout=5).json()
+    assert seen == {"EF_A": "two", "EF_REAL": "real", "CORRAL_WORKERS": "3"}, seen
+    assert "workers=3" not in proc.output()
+    assert len(worker_pids(proc.pid)) == 1
