@@ -363,6 +363,31 @@ def test_limit_concurrency_counts_each_request_once(serve, clients) -> None:
     assert controlled.started == 4
 
 
+def test_task_cancelled_before_its_first_step_does_not_count(serve, clients) -> None:
+    """A request task cancelled before it ran (so its own cleanup never ran) no longer fills the limit."""
+    server = serve(http_apps.echo, limit_concurrency=1)
+
+    class CancelFirst(set):
+        def add(self, task: Any) -> None:
+            super().add(task)
+            if len(self) == 1 and not getattr(self, "cancelled", False):
+                self.cancelled = True
+                task.cancel()
+
+    server.state.tasks = CancelFirst()
+    first = clients(server.port)
+    first.send(GET % b"/cancelled")
+    wait_until(lambda: server.call(lambda: [task.done() for task in server.state.tasks]) == [True], 10,
+               "the first request task to be cancelled")
+    # As the worker does after cancelling at the graceful timeout: abort the connection.
+    server.call(lambda: [conn.abort() for conn in list(server.state.connections)])
+    wait_until(lambda: not server.state.connections, 10, "the first connection to be forgotten")
+    second = clients(server.port)
+    second.send(GET % b"/next")
+    status, headers, _ = second.response()
+    assert status == 200 and headers[b"x-path"] == b"/next"
+
+
 def test_keep_alive_timeout_closes_idle_connection(serve, clients) -> None:
     server = serve(http_apps.echo, timeout_keep_alive=0.5)
     client = clients(server.port)

@@ -69,6 +69,19 @@ def proxy_trust(state: ServerState) -> ProxyTrust:
     return found[1]
 
 
+def _running(tasks: set[asyncio.Task[Any]]) -> int:
+    """How many of ``tasks`` still run, forgetting those that ended.
+
+    A request task leaves the set by itself at the end of its coroutine
+    (RequestCycle.run), which costs nothing per request; one cancelled before
+    its first step never runs that code, so the count is made exact here, only
+    when it decides a refusal.
+    """
+    for task in [task for task in tasks if task.done()]:
+        tasks.discard(task)
+    return len(tasks)
+
+
 class HTTPProtocol(asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (httptools or h11 underneath)."""
 
@@ -251,7 +264,8 @@ class HTTPProtocol(asyncio.Protocol):
         limit = state.settings.limit_concurrency
         # At most ``limit`` open connections (this one included) and ``limit``
         # running requests (this one not yet counted): each request counts once.
-        if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
+        if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit) \
+                and (len(state.connections) > limit or _running(state.tasks) >= limit):
             # Overloaded: refuse without running the app, and close — the
             # request body (if any) is not read, and fewer connections is the point.
             cycle.status = 503
