@@ -942,6 +942,48 @@ def test_tls_scope_scheme_is_https(serve, tmp_path) -> None:
         tls_sock.close()
 
 
+@pytest.mark.parametrize("how", ["close_notify", "tcp_fin"])
+def test_tls_client_half_close_is_a_clean_disconnect(serve, caplog, how) -> None:
+    """TLS cannot keep writing after the client's EOF: the app sees http.disconnect, no asyncio warning."""
+    import ssl
+
+    import trustme
+
+    caplog.set_level(logging.WARNING)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    controlled = http_apps.Controlled()
+    server = serve(controlled.record_receive, timeout_keep_alive=60)
+    tls_sock = socket.socket()
+    tls_sock.bind(("127.0.0.1", 0))
+    tls_sock.listen(8)
+
+    async def start_tls() -> asyncio.AbstractServer:
+        return await server.loop.create_server(lambda: HTTPProtocol(server.state), sock=tls_sock, ssl=server_ctx)
+
+    tls_server = server.call(start_tls)
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        raw = socket.create_connection(tls_sock.getsockname(), timeout=10 * FACTOR)
+        conn = client_ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        conn.sendall(GET % b"/poll")
+        wait_until(lambda: controlled.messages, 10, "the request")
+        if how == "close_notify":
+            conn.unwrap()  # sends close_notify, reads the server's
+        else:
+            conn.shutdown(socket.SHUT_WR)  # a bare FIN, no close_notify
+        wait_until(lambda: controlled.disconnected, 5, "http.disconnect after the TLS client's EOF")
+        wait_until(lambda: not server.state.connections, 5, "the TLS connection to be closed")
+        conn.close()
+    finally:
+        server.call(tls_server.close)
+        tls_sock.close()
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()], caplog.text
+
+
 def test_refused_upload_still_gets_its_answer(serve, clients) -> None:
     """An app answering before reading a big upload: the client still reads the answer, no reset."""
     server = serve(http_apps.no_read_reply)

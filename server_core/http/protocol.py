@@ -96,6 +96,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
         self.scheme = "http"
+        self.tls = False
         self.cycle: RequestCycle | None = None  # the request being answered
         self.receiving: RequestCycle | None = None  # the request whose body is arriving
         self.queue: deque[RequestCycle | ParseError] = deque()
@@ -128,7 +129,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         here = transport.get_extra_info("sockname")
         self.server = (str(here[0]), int(here[1])) if isinstance(here, tuple) else None
-        self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        self.tls = transport.get_extra_info("sslcontext") is not None
+        self.scheme = "https" if self.tls else "http"
         self.idle_since = self.loop.time()
         self._arm(self.idle_since + self.state.settings.timeout_keep_alive)
         if self.state.stopping:
@@ -152,7 +154,10 @@ class HTTPProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client half-closed: finish what is pending, then close."""
-        if self.lingering:
+        if self.lingering or self.tls:
+            # TLS transports close on the peer's EOF whatever we return (and
+            # warn if we ask otherwise): connection_lost follows, and a
+            # running request sees http.disconnect.
             return False
         for event in self.parser.eof():
             self._dispatch(event)
