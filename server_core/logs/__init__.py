@@ -217,6 +217,8 @@ def _uninstall() -> None:
         logger.removeHandler(handler)
         if not isinstance(handler, LineHandler):
             handler.close()
-        # A LineHandler is not closed: closing would close nothing (it does
-        # not own stderr) but flushing is harmless; just drop it.
+        else:
+            # Not closed (it does not own stderr); access lines it kept for
+            # this loop pass go out now, before the new handler's lines.
+            handler.flush()
 
