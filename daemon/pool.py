@@ -54,9 +54,15 @@ from server_core.control import EXIT_APP_FAILED, WORKER_SIGNALS, parse_messages
 
 log = structlog.get_logger("corral.master")
 
-# Seconds past --timeout-graceful-shutdown before a draining worker is
-# SIGKILLed: room for lifespan shutdown after the worker's own timeout.
+# A draining worker may use --timeout-graceful-shutdown twice: for its
+# connections, then (after cancelling what is left) for lifespan shutdown.
+# It is SIGKILLed only after both, plus this margin.
 KILL_MARGIN = 5.0
+
+
+def kill_delay(graceful: float) -> float:
+    """Seconds after a graceful stop or retire before the worker is SIGKILLed."""
+    return 2 * graceful + KILL_MARGIN
 # After SIGUSR2 (dump stacks) to a worker whose loop went silent, how long
 # faulthandler gets to write before the SIGKILL.
 STACK_GRACE = 1.0
@@ -249,7 +255,7 @@ class Pool:
     def _retire(self, record: WorkerRecord, reason: str) -> None:
         """Gracefully stop one worker while the others serve on."""
         record.drain_reason = reason
-        record.kill_at = time.monotonic() + self.config.timeout_graceful_shutdown + KILL_MARGIN
+        record.kill_at = time.monotonic() + kill_delay(self.config.timeout_graceful_shutdown)
         self._transition(record, State.DRAINING, reason=reason)
         self._signal(record, WORKER_SIGNALS["retire"])
 
@@ -410,7 +416,7 @@ class Pool:
             sig, self.stop_deadline = WORKER_SIGNALS["quit"], now + QUIT_GRACE
         else:
             sig = WORKER_SIGNALS["shutdown"]
-            self.stop_deadline = now + self.config.timeout_graceful_shutdown + KILL_MARGIN
+            self.stop_deadline = now + kill_delay(self.config.timeout_graceful_shutdown)
         log.info("shutdown", mode=mode, workers=len(self.records))
         for record in self.records.values():
             record.kill_at = None

@@ -410,3 +410,45 @@ def test_env_file_is_reread_on_hup_under_the_real_environment(corral: Start, tmp
     assert seen == {"EF_A": "two", "EF_REAL": "real", "CORRAL_WORKERS": "3"}, seen
     assert "workers=3" not in proc.output()
     assert len(worker_pids(proc.pid)) == 1
+
+
+SLOW_SHUTDOWN_APP = '''
+import asyncio
+import sys
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await asyncio.sleep(5.5)  # within --timeout-graceful-shutdown 6
+                print("slow_app: lifespan shutdown done", file=sys.stderr, flush=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http":
+        if scope["path"] == "/slow":
+            print("slow_app: request in flight", file=sys.stderr, flush=True)
+            await asyncio.sleep(60)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+'''
+
+
+def test_term_leaves_room_for_the_drain_and_then_lifespan_shutdown(corral: Start, tmp_path: Path) -> None:
+    """A worker may use --timeout-graceful-shutdown for the drain and again for lifespan shutdown: the
+    master's SIGKILL comes only after both (here 6 s + 5.5 s, past the old 6 + 5 s deadline)."""
+    (tmp_path / "slow_app.py").write_text(SLOW_SHUTDOWN_APP)
+    proc = corral("slow_app:app", "--app-dir", str(tmp_path), "--timeout-graceful-shutdown", "6",
+                  app_dir=False)
+    proc.wait_log("worker_ready")
+    request = Request(proc.url + "/slow", timeout=60)
+    proc.wait_log("slow_app: request in flight")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit(40) == 0
+    request.join(5)
+    output = proc.output()
+    assert "slow_app: lifespan shutdown done" in output, output[-3000:]
+    assert "worker_killed" not in output
