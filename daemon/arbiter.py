@@ -313,9 +313,9 @@ class Arbiter(Pool):
         """WINCH (off a terminal): stop every worker gracefully, keep master and sockets."""
         if self.stopping:
             return
-        if os.isatty(0):
+        if on_terminal():
             # In a terminal, WINCH only means the window was resized.
-            log.debug("winch_ignored", reason="stdin is a terminal")
+            log.debug("winch_ignored", reason="in the foreground of a terminal")
             return
         self.target = 0
         for record in self.records.values():
@@ -332,6 +332,26 @@ class Arbiter(Pool):
         for record in self.records.values():
             if record.last_heartbeat is not None:
                 record.last_heartbeat = max(record.last_heartbeat, now)
+
+
+def on_terminal() -> bool:
+    """True when a WINCH may just be a window resize (gunicorn honours WINCH only when daemonised).
+
+    stdin is a terminal, or this process is in the foreground process group of
+    its controlling terminal (``corral app < /dev/null`` typed in a shell).
+    """
+    if os.isatty(0):
+        return True
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False  # no controlling terminal: daemonised
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def open_all(config: Any, inherited: dict[str, Any] | None) -> tuple[list[Listener], bool]:

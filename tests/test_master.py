@@ -452,3 +452,46 @@ def test_term_leaves_room_for_the_drain_and_then_lifespan_shutdown(corral: Start
     output = proc.output()
     assert "slow_app: lifespan shutdown done" in output, output[-3000:]
     assert "worker_killed" not in output
+
+
+def test_winch_is_ignored_in_the_foreground_of_a_terminal_even_with_stdin_redirected(tmp_path: Path) -> None:
+    """`corral app < /dev/null` in a terminal: a window resize (WINCH to the foreground group) must not stop
+    the workers; only a master off the terminal's foreground honours WINCH."""
+    import pty
+
+    from tests.support import bound_socket
+
+    master_fd, slave_fd = pty.openpty()
+    slave_name = os.ttyname(slave_fd)
+    sock = bound_socket()
+
+    def take_terminal() -> None:  # after setsid: the pty becomes our controlling terminal
+        os.close(os.open(slave_name, os.O_RDWR))
+
+    out = open(tmp_path / "tty-corral.err", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "master_app:app", "--app-dir", str(APPS), "--workers", "2",
+         "--fd", str(sock.fileno())],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=[sock.fileno()], start_new_session=True,
+        preexec_fn=take_terminal, env={**os.environ, "PYTHONUNBUFFERED": "1", "CORRAL_LOG_LEVEL": "debug"})
+    try:
+        def text() -> str:
+            return (tmp_path / "tty-corral.err").read_text(errors="replace")
+
+        wait_until(lambda: text().count("worker_ready") >= 2, 30, "two workers ready",
+                   alive=lambda: None if proc.poll() is None else text())
+        workers = worker_pids(proc.pid)
+        proc.send_signal(signal.SIGWINCH)
+        wait_until(lambda: "winch_ignored" in text() or "reason=winch" in text(), 10, "the WINCH handled")
+        assert "winch_ignored" in text(), text()[-3000:]
+        assert worker_pids(proc.pid) == workers
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        for pid in worker_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        out.close()
+        sock.close()
+        os.close(master_fd)
+        os.close(slave_fd)
