@@ -9,6 +9,7 @@ and each worker calls it again to get its own context.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 
 from server_core.settings import ServerSettings
 
@@ -65,6 +66,11 @@ def make_ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
     return context
 
 
-def _password(value: str | None) -> str | None:
-    """The key password as ``load_cert_chain`` wants it (None: key not encrypted)."""
-    return value if value else None
+def _password(value: str | None) -> Callable[[], str]:
+    """The key password as a callback, so OpenSSL never prompts on a terminal.
+
+    Called only for an encrypted key; without --ssl-keyfile-password it
+    returns "", which fails to decrypt with a clear error instead of blocking
+    the master (config check, HUP) or a worker on a passphrase prompt.
+    """
+    return lambda: value or ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -241,3 +242,32 @@ def test_a_bad_tls_certificate_is_a_config_error_before_binding(tmp_path: Path) 
     assert "listening" not in proc.stderr and not uds.exists()
     with pytest.raises(ConfigError, match="--ssl-certfile"):
         build_config({"ssl-certfile": str(cert)}, {}, app="m:a")
+
+
+def test_an_encrypted_key_without_password_is_an_error_not_a_prompt(tmp_path: Path) -> None:
+    """OpenSSL would prompt for the passphrase on a terminal; corral must fail with a line instead."""
+    import pty
+
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    cert = trustme.CA().issue_cert("localhost")
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"secret"))
+    (tmp_path / "key.pem").write_bytes(encrypted)
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    # A terminal as stdin: where OpenSSL's default callback would ask and block.
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "daemon", "m:a", "--ssl-certfile", str(tmp_path / "cert.pem"),
+                               "--ssl-keyfile", str(tmp_path / "key.pem")], stdin=terminal,
+                              capture_output=True, text=True, cwd=ROOT, timeout=30)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 2, proc.stderr
+    assert "--ssl-certfile" in proc.stderr and "Traceback" not in proc.stderr
+    config = build_config({"ssl-certfile": str(tmp_path / "cert.pem"), "ssl-keyfile": str(tmp_path / "key.pem"),
+                           "ssl-keyfile-password": "secret"}, {}, app="m:a")
+    assert config.ssl_keyfile_password == "secret"
