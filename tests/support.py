@@ -235,3 +235,22 @@ def kill_supervised_tree(proc: Proc) -> None:
             child.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def corral_command() -> str:
+    """The `corral` console script of this environment, else `python -m daemon`."""
+    script = Path(sys.executable).parent / "corral"
+    return str(script) if script.exists() else f"{sys.executable} -m daemon"
+
+
+def substitute(shipped: Path, substitutions: dict[str, str]) -> str:
+    """A shipped config's text with only its documented paths and ports replaced.
+
+    Every substitution must still match, so an edit to the shipped file that a
+    test relies on fails loudly instead of leaving a different config tested.
+    """
+    text = shipped.read_text()
+    for old, new in substitutions.items():
+        assert old in text, f"{shipped.relative_to(ROOT)} no longer contains {old!r}; update its test"
+        text = text.replace(old, new)
+    return text

@@ -22,10 +22,12 @@ from tests.support import (
     FACTOR,
     ROOT,
     Proc,
+    corral_command,
     free_port,
     kill_supervised_tree,
     require_tool,
     serves_hello,
+    substitute,
     wait_until,
     worker_pids,
 )
@@ -34,17 +36,11 @@ SHIPPED = ROOT / "etc" / "supervisord.conf"
 BIN = Path(sys.executable).parent
 
 
-def corral_command() -> str:
-    """The `corral` console script of this environment, else `python -m daemon`."""
-    script = BIN / "corral"
-    return str(script) if script.exists() else f"{sys.executable} -m daemon"
-
 
 def render_supervisor_conf(tmp: Path, *, port: int) -> Path:
     """etc/supervisord.conf with its documented paths and port rewritten into ``tmp``."""
     (tmp / "run").mkdir(exist_ok=True)
     (tmp / "log").mkdir(exist_ok=True)
-    text = SHIPPED.read_text()
     substitutions = {
         "/srv/app/.venv/bin/corral": corral_command(),
         "directory=/srv/app": f"directory={ROOT}",
@@ -52,9 +48,7 @@ def render_supervisor_conf(tmp: Path, *, port: int) -> Path:
         "/run/supervisor/": f"{tmp}/run/",
         "/var/log/supervisor": f"{tmp}/log",
     }
-    for old, new in substitutions.items():
-        assert old in text, f"etc/supervisord.conf no longer contains {old!r}; update tests/test_supervisor.py"
-        text = text.replace(old, new)
+    text = substitute(SHIPPED, substitutions)
     conf = tmp / "supervisord.conf"
     conf.write_text(text)
     return conf
