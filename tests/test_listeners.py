@@ -13,6 +13,7 @@ import pytest
 
 from daemon.config import build_config
 from daemon.listeners import ListenerError, address_key, close_listeners, open_listeners
+from tests.support import REQUIRE_ALL
 
 
 def config(**options: Any) -> Any:
@@ -65,7 +66,10 @@ def test_tcp_v6(opened: list[Any]) -> None:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
+        message = "no IPv6 loopback (::1) on this machine"
+        if REQUIRE_ALL:
+            pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
+        pytest.skip(message)
     opened += open_listeners(config(bind=("[::1]:0",)))
     (listener,) = opened
     assert listener.family == socket.AF_INET6
