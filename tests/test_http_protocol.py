@@ -535,15 +535,19 @@ def test_shutdown_serves_request_already_waiting_in_kernel(serve, clients) -> No
     assert client.response()[0] == 200
     fds = server.call(lambda: [conn.transport.get_extra_info("socket").fileno()
                                for conn in server.state.connections])
-    gate = threading.Event()
+    blocked, gate = threading.Event(), threading.Event()
 
     def block_then_shutdown() -> None:
         # Runs on the loop thread: the loop cannot read the new bytes meanwhile.
+        blocked.set()
         assert gate.wait(10 * FACTOR)
         for conn in list(server.state.connections):
             conn.shutdown(False)
 
     server.loop.call_soon_threadsafe(block_then_shutdown)
+    # Send only once the loop is held: sent earlier, uvloop may read the bytes
+    # in the same iteration, before it runs the callback.
+    assert blocked.wait(10 * FACTOR)
     client.send(GET % b"/waiting")
     wait_until(lambda: select.select(fds, [], [], 0)[0], 10, "the request bytes in the server's socket")
     gate.set()
