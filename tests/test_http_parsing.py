@@ -292,6 +292,17 @@ def test_upgrade_not_taken_is_plain_http(make) -> None:
     assert events[1].data == b"body"
 
 
+def test_upgrade_not_taken_with_chunked_body(make) -> None:
+    """The chunked body of an upgrade we do not perform is decoded, and the next request follows."""
+    parser = make(upgrade_tokens=frozenset({b"websocket"}))
+    events = parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"
+                         b"POST /next HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok")
+    assert [type(event).__name__ for event in events] == [
+        "RequestHead", "Body", "EndOfMessage", "RequestHead", "Body", "EndOfMessage"]
+    assert (events[1].data, events[3].path, events[4].data) == (b"body", "/next", b"ok")
+
+
 def test_upgrade_needs_connection_upgrade(make) -> None:
     [head, _] = make().feed(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
     assert head.upgrade is None

@@ -286,6 +286,11 @@ def semantics(version: bytes, fields: bytes) -> Semantics:
     if len(found) == 1 and found[0][0] == b"host":
         # The usual request: one Host, nothing about the body or the connection.
         return None, http11, None, False
+    if len(found) == 2 and found[0][0] == b"host" and found[1][0] == b"content-length" and http11:
+        # The usual upload: Host, then one Content-Length.
+        length = found[1][1].strip(b"\t ")
+        if DIGITS_RE.fullmatch(length):
+            return int(length) or None, True, None, False
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []

@@ -19,6 +19,10 @@ from server_core.http.reader import Headers, LibraryError, MessageReader, body_e
 class HttptoolsParser(MessageReader):
     """Request parser on httptools; see :class:`MessageReader` for the interface."""
 
+    # llhttp would only count a Content-Length body's bytes and hand them back
+    # through a callback; a fresh parser for the next message costs less.
+    length_body_direct = True
+
     def __init__(self, limits: HeadLimits | None = None, *,
                  upgrade_tokens: frozenset[bytes] = frozenset()) -> None:
         super().__init__(limits, upgrade_tokens=upgrade_tokens)
@@ -26,7 +30,7 @@ class HttptoolsParser(MessageReader):
         self._body: list[bytes] = []
         self._headers_done = False
         self._complete = False
-        self._upgraded = True  # no parser yet: _start_message makes one
+        self._fresh = True  # no parser yet: _start_message makes one
         self._start_message()
 
     # -- llhttp callbacks (called from inside feed_data) -----------------------
@@ -52,13 +56,14 @@ class HttptoolsParser(MessageReader):
 
     def _start_message(self) -> None:
         # llhttp readies itself for the next keep-alive request; only after an
-        # upgrade pause (or before the first request) is a fresh one needed.
-        if self._upgraded:
+        # upgrade pause, a Content-Length body it never saw (or before the
+        # first request) is a fresh one needed.
+        if self._fresh:
             self._parser = httptools.HttpRequestParser(self)
         self._headers = []
         self._headers_done = False
         self._complete = False
-        self._upgraded = False
+        self._upgraded = self._fresh = False
 
     def _parse_head(self, head: bytes) -> Headers:
         try:
@@ -66,7 +71,7 @@ class HttptoolsParser(MessageReader):
         except httptools.HttpParserUpgrade:
             # llhttp stops after an upgrade head; whether we really switch
             # protocols is decided by the caller.
-            self._upgraded = True
+            self._upgraded = self._fresh = True
         except httptools.HttpParserError as exc:
             raise LibraryError(f"malformed request ({exc})") from None
         if not self._headers_done:
@@ -74,13 +79,14 @@ class HttptoolsParser(MessageReader):
         return self._headers
 
     def _start_body(self, length: int) -> None:
-        if self._upgraded:
+        if length >= 0:
+            self._fresh = True  # the body goes around llhttp (length_body_direct)
+        elif self._upgraded:
             # The client asked for an upgrade we do not perform (h2c, or
-            # websocket with --ws none) and sent a body: llhttp has stopped, so
-            # a new parser primed with the same framing decodes the body.
-            framing = b"transfer-encoding: chunked" if length < 0 else b"content-length: %d" % length
+            # websocket with --ws none) and sent a chunked body: llhttp has
+            # stopped, so a new parser primed for a chunked body decodes it.
             self._parser = httptools.HttpRequestParser(self)
-            self._parser.feed_data(b"PUT / HTTP/1.1\r\nhost: _\r\n" + framing + b"\r\n\r\n")
+            self._parser.feed_data(b"PUT / HTTP/1.1\r\nhost: _\r\ntransfer-encoding: chunked\r\n\r\n")
             self._complete = False
 
     def _parse_body(self, piece: bytes, events: list[Event]) -> bool:

@@ -39,6 +39,10 @@ class LibraryError(Exception):
 class MessageReader:
     """Feeds one request at a time to a parser library; emits neutral events."""
 
+    # True when a Content-Length body goes straight into Body events, never
+    # through the library (which must then start afresh after that message).
+    length_body_direct = False
+
     def __init__(self, limits: HeadLimits | None = None, *,
                  upgrade_tokens: frozenset[bytes] = frozenset()) -> None:
         self.limits = limits or HeadLimits()
@@ -165,6 +169,14 @@ class MessageReader:
             take = min(self._remaining, len(data))
             self._remaining -= take
             done = self._remaining == 0
+            if self.length_body_direct:
+                # A Content-Length body is opaque bytes of a length already
+                # checked: nothing for the library to parse.
+                events.append(Body(data if take == len(data) else data[:take]))
+                if done:
+                    assert self._request is not None
+                    self._finish(self._request, events)
+                return data[take:] if take < len(data) else b""
         else:
             take = chunks.feed(data)
             done = chunks.done
