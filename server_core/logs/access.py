@@ -50,8 +50,16 @@ class AccessLog:
             status: int, size: int, duration: float) -> None:
         """Log one finished request; ``duration`` is in seconds."""
         logger = self._logger
-        if not logger.isEnabledFor(logging.INFO):
-            return
+        route = self._route
+        # A route is trusted while its first handler has lines of this loop
+        # pass waiting (so the checks run once per pass, not per request);
+        # otherwise the level and the route are worked out again, which
+        # follows any change a --log-config, the app or a test made to the
+        # loggers meanwhile.
+        if route is None or route[0][0]._scheduled_on is None:
+            if not logger.isEnabledFor(logging.INFO):
+                return
+            route = self._route = render.access_route(logger)
         path = raw_path.decode("latin-1")
         if query_string:
             path = f"{path}?{query_string.decode('latin-1')}"
@@ -63,13 +71,6 @@ class AccessLog:
             peer = f"{client[0]}:{client[1]}"
         else:
             peer = _client_text(client)
-        route = self._route
-        # A route is trusted while its first handler has lines of this loop
-        # pass waiting (so the check runs once per pass, not per request);
-        # otherwise it is worked out again, which follows any change a
-        # --log-config, the app or a test made to the loggers meanwhile.
-        if route is None or route[0][0]._scheduled_on is None:
-            route = self._route = render.access_route(logger)
         if route is not None:
             # Our handlers and formatters only: the line goes straight to
             # them, skipping the record and Logger.handle's machinery.
