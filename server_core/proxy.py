@@ -102,6 +102,12 @@ class ProxyTrust:
         """
         if not self.is_trusted(client[0] if client is not None else None):
             return client, server, scheme
+        return self.apply(client, server, scheme, headers, http=http)
+
+    def apply(self, client: Address | None, server: Address | None, scheme: str,
+              headers: Iterable[tuple[bytes, bytes]], *, http: bool = False
+              ) -> tuple[Address | None, Address | None, str]:
+        """:meth:`resolve_all` for a peer already known to be trusted (decided once per connection)."""
         forwarded_for: list[bytes] = []
         proto = port = None
         for name, value in headers:

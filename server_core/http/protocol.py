@@ -129,6 +129,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         here = transport.get_extra_info("sockname")
         self.server = (str(here[0]), int(here[1])) if isinstance(here, tuple) else None
+        if self.trust is not None and not self.trust.is_trusted(self.client[0] if self.client is not None else None):
+            self.trust = None  # proxy headers from this peer are ignored: decided once, not per request
         self.tls = transport.get_extra_info("sslcontext") is not None
         self.scheme = "https" if self.tls else "http"
         self.idle_since = self.loop.time()
@@ -159,8 +161,7 @@ class HTTPProtocol(asyncio.Protocol):
             # warn if we ask otherwise): connection_lost follows, and a
             # running request sees http.disconnect.
             return False
-        for event in self.parser.eof():
-            self._dispatch(event)
+        self._dispatch(self.parser.eof())
         # Keep the transport open for writing while something is still to be
         # answered (a client may half-close after its last request).
         busy = self.cycle is not None or bool(self.queue)
@@ -179,9 +180,7 @@ class HTTPProtocol(asyncio.Protocol):
         """Parse the bytes and dispatch the events they complete."""
         if self.lingering:
             return  # the rest of an unread body, after our answer: dropped
-        events = self.parser.feed(data)
-        for event in events:
-            self._dispatch(event)
+        self._dispatch(self.parser.feed(data))
         if self.parser.head_started:
             if self.head_at is None:
                 self.head_at = now = self.loop.time()
@@ -189,23 +188,24 @@ class HTTPProtocol(asyncio.Protocol):
         else:
             self.head_at = None
 
-    def _dispatch(self, event: Any) -> None:
-        kind = type(event)
-        if kind is Body:
-            receiving = self.receiving
-            if receiving is not None:
-                receiving.body_received(event.data)
-                self.buffered += len(event.data)
-                if self.buffered > HIGH_WATER:
-                    self._pause_reading()
-        elif kind is EndOfMessage:
-            if self.receiving is not None:
-                self.receiving.message_complete()
-                self.receiving = None
-        elif kind is RequestHead:
-            self._on_head(event)
-        else:
-            self._on_error(event)
+    def _dispatch(self, events: list[Any]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is Body:
+                receiving = self.receiving
+                if receiving is not None:
+                    receiving.body_received(event.data)
+                    self.buffered += len(event.data)
+                    if self.buffered > HIGH_WATER:
+                        self._pause_reading()
+            elif kind is EndOfMessage:
+                if self.receiving is not None:
+                    self.receiving.message_complete()
+                    self.receiving = None
+            elif kind is RequestHead:
+                self._on_head(event)
+            else:
+                self._on_error(event)
 
     # -- requests ---------------------------------------------------------------
 
@@ -219,7 +219,7 @@ class HTTPProtocol(asyncio.Protocol):
             state.on_request_limit()
         client, server, scheme = self.client, self.server, self.scheme
         if self.trust is not None:
-            client, server, scheme = self.trust.resolve_all(client, server, scheme, head.headers, http=True)
+            client, server, scheme = self.trust.apply(client, server, scheme, head.headers, http=True)
         scope = http_scope(head, client, server, scheme, settings.root_path, state.app_state)
         cycle = RequestCycle(self, head, scope)
         self.receiving = cycle
@@ -302,9 +302,11 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self.idle_since = now = self.loop.time()
         if self.parser.head_started and self.head_at is not None:
-            self._arm(self.head_at + self.state.settings.timeout_request_head)
+            deadline = self.head_at + self.state.settings.timeout_request_head
         else:
-            self._arm(now + self.state.settings.timeout_keep_alive)
+            deadline = now + self.state.settings.timeout_keep_alive
+        if self._timer is None or deadline < self._timer_when:  # _arm's own test, inline: once per request
+            self._arm(deadline)
         if self.read_paused:
             self._maybe_resume(LOW_WATER)
 

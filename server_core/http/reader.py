@@ -64,13 +64,12 @@ class MessageReader:
         # Bytes after an upgrade head: a bytearray, so a client that keeps
         # sending costs linear time (the protocol also stops reading then).
         self._rest = bytearray()
+        # True while part of a request head has arrived but not all of it
+        # (set by feed() and eof(); an attribute, as it is read per request).
+        self.head_started = False
 
     # -- what the protocol uses ---------------------------------------------
 
-    @property
-    def head_started(self) -> bool:
-        """True while part of a request head has arrived but not all of it."""
-        return self._state == _HEAD and self._scanner is not None and self._scanner.started
 
     @property
     def in_body(self) -> bool:
@@ -127,12 +126,15 @@ class MessageReader:
         except LibraryError as exc:
             self._state = _CLOSED
             events.append(ParseError(400, str(exc) or "malformed request"))
+        scanner = self._scanner
+        self.head_started = scanner is not None and self._state == _HEAD and scanner.started
         return events
 
     def eof(self) -> list[Event]:
         """The peer closed its sending side: a message cut short is an error."""
         state = self._state
         self._state = _CLOSED
+        self.head_started = False
         if state == _BODY:
             return [ParseError(400, "request body truncated")]
         if state == _HEAD and self._scanner is not None and self._scanner.started:
