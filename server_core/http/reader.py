@@ -70,7 +70,6 @@ class MessageReader:
 
     # -- what the protocol uses ---------------------------------------------
 
-
     @property
     def in_body(self) -> bool:
         """True while a request body is being received."""
