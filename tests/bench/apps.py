@@ -147,6 +147,7 @@ async def ws_echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 APP_ATTRS: dict[str, str] = {
     "hello": "hello",
+    "headers": "hello",
     "json": "json_small",
     "stream": "stream",
     "echo": "echo",

@@ -1,6 +1,6 @@
 """Instructions per request of the HTTP hot path, counted by valgrind: an A/B figure without noise.
 
-    python -m tests.bench.instructions [--scenario hello,echo,json] [--access-log]
+    python -m tests.bench.instructions [--scenario hello,headers,echo,json] [--access-log]
                                        [--requests 20000] [--connections 8] [--timing]
 
 The wrk benchmark measures the whole server, kernel included, and single runs move by a few
@@ -31,15 +31,19 @@ import tempfile
 import time
 from typing import Any
 
-from tests.bench import apps
+from tests.bench import apps, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: bench\r\n\r\n"
-_POST = (b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: %d\r\n\r\n" % apps.ECHO_BODY_SIZE
-         + b"x" * apps.ECHO_BODY_SIZE)
+# Byte for byte what wrk sends in the benchmark (tests/bench/wrk.py's POST script).
+_GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+_POST = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: %d\r\n"
+         b"Content-Type: application/octet-stream\r\n\r\n" % apps.ECHO_BODY_SIZE + b"x" * apps.ECHO_BODY_SIZE)
+_BROWSER_GET = _GET[:-2] + b"".join(b"%s: %s\r\n" % (name.encode(), value.encode())
+                                   for name, value in wrk.BROWSER_FIELDS) + b"\r\n"
 SCENARIOS: dict[str, tuple[Any, bytes]] = {
     "hello": (apps.hello, _GET),
+    "headers": (apps.hello, _BROWSER_GET),
     "json": (apps.json_small, _GET),
     "echo": (apps.echo, _POST),
 }
@@ -157,7 +161,7 @@ def _count(scenario: str, requests: int, args: argparse.Namespace, valgrind: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.instructions", description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", default="hello,echo,json", help="comma-separated: hello, echo, json")
+    parser.add_argument("--scenario", default="hello,echo,json", help="comma-separated: hello, headers, echo, json")
     parser.add_argument("--access-log", action="store_true", help="with the access log on")
     parser.add_argument("--requests", type=int, default=20000, help="N (the second run serves 2 N)")
     parser.add_argument("--connections", type=int, default=8, help="connections fed per loop pass")

@@ -25,7 +25,7 @@ class Scenario:
 
     name: str
     title: str
-    post: bool = False  # drive with the POST body script (1 KiB body)
+    script: str | None = None  # wrk script (wrk.SCRIPTS): "post" (1 KiB body), "browser" (13 more fields)
     kind: str = "http"  # "http": wrk drives it; "ws": the WebSocket echo client does
 
     @property
@@ -37,7 +37,8 @@ SCENARIOS: dict[str, Scenario] = {
     "hello": Scenario("hello", "hello world (13 B text)"),
     "json": Scenario("json", "small JSON (~100 B)"),
     "stream": Scenario("stream", "64 KiB in 16 chunks"),
-    "echo": Scenario("echo", "1 KiB POST echo", post=True),
+    "echo": Scenario("echo", "1 KiB POST echo", script="post"),
+    "headers": Scenario("headers", "hello with a browser's 14 header fields", script="browser"),
     "ws": Scenario("ws", "WebSocket echo (32 B text)", kind="ws"),
 }
 
@@ -53,11 +54,12 @@ class LoadSettings:
     start_timeout_s: float = 30.0
 
 
-def post_script(workdir: Path) -> Path:
-    """Write the wrk Lua script that turns every request into a 1 KiB POST; return its path."""
-    path = workdir / "post.lua"
-    if not path.exists():
-        path.write_text(wrk.POST_SCRIPT)
+def wrk_script(scenario: Scenario, workdir: Path) -> Path | None:
+    """Write the scenario's wrk Lua script (if it has one) and return its path."""
+    if scenario.script is None:
+        return None
+    path = workdir / f"{scenario.script}.lua"
+    path.write_text(wrk.SCRIPTS[scenario.script])
     return path
 
 
@@ -79,7 +81,7 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
         "http": spec.http, "ws": spec.ws, "workers": spec.workers, "access_log": spec.access_log,
         "server_cpus": spec.cpus, "reference": spec.reference().key, "rep": rep, "ok": False, "error": None,
     }
-    script = post_script(workdir) if scenario.post else None
+    script = wrk_script(scenario, workdir)
     server = ServerProcess(spec, scenario.app_attr, workdir / "logs")
     try:
         row["startup_s"] = server.start(timeout=load.start_timeout_s)

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.bench import wrk
-from tests.bench.measure import SCENARIOS, LoadSettings, post_script
+from tests.bench.measure import SCENARIOS, LoadSettings, wrk_script
 from tests.bench.servers import ROOT, ServerProcess, ServerSpec, ServerStartError
 
 RESULTS = ROOT / "bench-results"
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"profile-{args.server}-{args.scenario}{'-h11' if args.http == 'h11' else ''}.txt"
     load = LoadSettings(duration_s=args.duration, connections=args.connections, wrk_cpus=args.load_cpus)
-    script = post_script(workdir) if scenario.post else None
+    script = wrk_script(scenario, workdir)
     spec = ServerSpec(args.server, http=args.http, cpus=args.server_cpus)
     server = ServerProcess(spec, scenario.app_attr, workdir / "logs")
     try:
