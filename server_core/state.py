@@ -79,3 +79,6 @@ class RequestHead:
     # (``Connection: upgrade`` + ``Upgrade: websocket``), else None.
     upgrade: bytes | None = None
     expect_continue: bool = False
+    # The X-Forwarded-For/-Proto/-Port fields, in order (names lower-cased,
+    # values trimmed): all a trusted proxy's headers that the server applies.
+    forwarded: tuple[tuple[bytes, bytes], ...] = ()

@@ -249,6 +249,22 @@ def test_header_values_trimmed_and_names_lowercased(make) -> None:
     assert head.path == "/a b" and head.raw_path == b"/a%20b" and head.query_string == b"q=%20"
 
 
+@pytest.mark.parametrize("split", ["whole", "byte-by-byte"])
+def test_forwarded_fields_collected_in_order(make, split: str) -> None:
+    """Every X-Forwarded-* line, any case, in order; X-Forwarded-For values keep their case."""
+    raw = (b"GET / HTTP/1.1\r\nX-Forwarded-Proto: HTTPS\r\nHost: a\r\nX-FORWARDED-FOR: 2001:DB8::1 \r\n"
+           b"Accept: */*\r\nx-forwarded-for:\t10.0.0.1\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Host: b\r\n\r\n")
+    parser = make()
+    events: list = []
+    for piece in [raw] if split == "whole" else [bytes([byte]) for byte in raw]:
+        events += parser.feed(piece)
+    head = events[0]
+    assert head.forwarded == ((b"x-forwarded-proto", b"https"), (b"x-forwarded-for", b"2001:DB8::1"),
+                              (b"x-forwarded-for", b"10.0.0.1"), (b"x-forwarded-port", b"443"))
+    assert (b"x-forwarded-for", b"2001:DB8::1") in head.headers  # still headers for the application
+    assert make().feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0].forwarded == ()
+
+
 def test_expect_continue(make) -> None:
     [head] = make().feed(req(H[:-2], b"Content-Length: 3", b"Expect: 100-continue"))
     assert head.expect_continue

@@ -654,6 +654,17 @@ def test_proxy_headers_trusted_and_untrusted(serve, clients, allow, expect_clien
     assert (scope["server"][1] == 8443) is (expect_scheme == "https")
 
 
+def test_proxy_headers_from_every_line_in_any_case(serve, clients) -> None:
+    """Repeated X-Forwarded-For lines count together; the chosen hop is given as sent."""
+    server = serve(http_apps.scope_dump, forwarded_allow_ips=("127.0.0.1", "10.0.0.0/8"))
+    client = clients(server.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\nx-forwarded-for: 2001:DB8::7\r\nAccept: */*\r\n"
+                b"X-FORWARDED-FOR:  10.0.0.1 \r\nX-Forwarded-Proto: HTTPS\r\n\r\n")
+    scope = json.loads(client.response()[2])
+    assert scope["client"][0] == "2001:DB8::7"
+    assert scope["scheme"] == "https"
+
+
 @pytest.mark.parametrize(("proto", "expect_scheme"), [("wss", "https"), ("ws", "http")])
 def test_forwarded_websocket_proto_gives_http_scheme(serve, clients, proto, expect_scheme) -> None:
     server = serve(http_apps.scope_dump, forwarded_allow_ips=("127.0.0.1",))

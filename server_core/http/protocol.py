@@ -219,7 +219,7 @@ class HTTPProtocol(asyncio.Protocol):
             state.on_request_limit()
         client, server, scheme = self.client, self.server, self.scheme
         if self.trust is not None:
-            client, server, scheme = self.trust.apply(client, server, scheme, head.headers, http=True)
+            client, server, scheme = self.trust.apply(client, server, scheme, head.forwarded, http=True)
         scope = http_scope(head, client, server, scheme, settings.root_path, state.app_state)
         cycle = RequestCycle(self, head, scope)
         self.receiving = cycle
