@@ -309,6 +309,13 @@ def semantics(version: bytes, fields: bytes) -> Semantics:
         length = found[1][1].strip(b"\t ")
         if length.isdigit() and len(length) <= 18:  # DIGITS_RE without the regex (bytes: ASCII digits only)
             return int(length) or None, True, None, False, _NOT_FORWARDED
+    if len(found) == 2 and found[0][0] == b"host" and found[1][0] == b"connection":
+        # A browser's request: Host, then Connection with one usual token.
+        token = found[1][1].strip(b" \t")
+        if token == b"keep-alive":
+            return None, True, None, False, _NOT_FORWARDED
+        if token == b"close":
+            return None, False, None, False, _NOT_FORWARDED
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []
