@@ -82,3 +82,7 @@ class RequestHead:
     # The X-Forwarded-For/-Proto/-Port fields, in order (names lower-cased,
     # values trimmed): all a trusted proxy's headers that the server applies.
     forwarded: tuple[tuple[bytes, bytes], ...] = ()
+    # The whole body, when the parser had all of it by the time it emitted
+    # this head (b"" for a request without one): no Body or EndOfMessage
+    # event follows for this request. None: they follow.
+    body: bytes | None = None

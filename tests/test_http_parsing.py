@@ -18,9 +18,36 @@ from server_core.state import RequestHead
 PARSERS = {"httptools": HttptoolsParser, "h11": H11Parser}
 
 
+def expand(events: list) -> list:
+    """The events with a complete head's body spelled out as Body and EndOfMessage events.
+
+    A parser may hand a request that is already complete as one head carrying
+    its body (``RequestHead.body``); the protocol treats both forms alike, so
+    most tests here check the expanded stream, which is the same on both
+    parsers however the bytes were split.
+    """
+    out: list = []
+    for event in events:
+        out.append(event)
+        if isinstance(event, RequestHead) and event.body is not None:
+            if event.body:
+                out.append(Body(event.body))
+            out.append(EndOfMessage())
+    return out
+
+
+class _Expanding:
+    def feed(self, data: bytes) -> list:
+        return expand(super().feed(data))  # type: ignore[misc]
+
+
+EXPANDING = {name: type(f"Expanding{cls.__name__}", (_Expanding, cls), {}) for name, cls in PARSERS.items()}
+
+
 @pytest.fixture(params=sorted(PARSERS))
 def make(request: pytest.FixtureRequest):
-    cls = PARSERS[request.param]
+    """A parser factory whose feed() returns the expanded event stream (see :func:`expand`)."""
+    cls = EXPANDING[request.param]
 
     def build(limits: HeadLimits | None = None, **kw) -> MessageReader:
         return cls(limits, **kw)
@@ -181,6 +208,24 @@ def test_pipelined_requests_in_one_feed(make) -> None:
                      "RequestHead", "Body", "EndOfMessage", "RequestHead", "EndOfMessage"]
     assert events[3].data == b"hello"
     assert events[6].data == b"abc"
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_a_request_complete_in_one_read_is_one_event(name: str) -> None:
+    """No body, or (httptools) a Content-Length body in the same read: the head carries it."""
+    parser = PARSERS[name]()
+    [head] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.body == b""
+    events = parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+                         b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\no")
+    if name == "httptools":
+        assert [type(event).__name__ for event in events] == ["RequestHead", "RequestHead", "Body"]
+        assert events[0].body == b"hello" and events[1].body is None and events[2].data == b"o"
+    else:  # h11 parses every body itself: events as usual
+        assert [type(event).__name__ for event in events] == [
+            "RequestHead", "Body", "EndOfMessage", "RequestHead", "Body"]
+        assert events[0].body is None
+    assert [type(event).__name__ for event in parser.feed(b"k")] == ["Body", "EndOfMessage"]
 
 
 def test_pipelined_byte_by_byte_gives_same_requests(make) -> None:
@@ -430,7 +475,7 @@ def _verdict(cls: type[MessageReader], data: bytes, eof: bool) -> list:
 
 def _summarise(events: list) -> list:
     out: list = []
-    for event in events:
+    for event in expand(events):
         if isinstance(event, Body):
             out.append(("body", event.data))
         elif isinstance(event, ParseError):

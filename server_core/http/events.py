@@ -5,6 +5,11 @@ sees an httptools callback or an h11 event: it only sees a
 :class:`~server_core.state.RequestHead`, then zero or more :class:`Body`, then
 :class:`EndOfMessage` — or a :class:`ParseError` that already knows which status
 to answer with, after which the adapter emits nothing more.
+
+A request that is complete when its head is emitted carries its whole body on
+the head (``RequestHead.body``: ``b""`` for a request without one, or a
+Content-Length body that arrived in the same read on httptools) and has no
+Body or EndOfMessage events: two fewer events for most requests.
 """
 
 from __future__ import annotations

@@ -222,7 +222,17 @@ class HTTPProtocol(asyncio.Protocol):
             client, server, scheme = self.trust.apply(client, server, scheme, head.forwarded, http=True)
         scope = http_scope(head, client, server, scheme, settings.root_path, state.app_state)
         cycle = RequestCycle(self, head, scope)
-        self.receiving = cycle
+        body = head.body
+        if body is None:  # the body follows as events
+            self.receiving = cycle
+        else:  # the whole request is here
+            cycle.body_complete = True
+            if body:
+                cycle.body.append(body)
+                cycle.body_size = len(body)
+                self.buffered += len(body)
+                if self.buffered > HIGH_WATER:
+                    self._pause_reading()
         if self.cycle is None and not self.queue:
             self._run(cycle)
         else:

@@ -153,7 +153,8 @@ class MessageReader:
             return
         body = meaning[0]
         if body is None:
-            self._finish(request, events)
+            request.body = b""  # complete as it stands: no EndOfMessage event
+            self._end(request)
         else:
             self._state = _BODY
             self._start_body(body)
@@ -173,10 +174,18 @@ class MessageReader:
             if self.length_body_direct:
                 # A Content-Length body is opaque bytes of a length already
                 # checked: nothing for the library to parse.
-                events.append(Body(data if take == len(data) else data[:take]))
-                if done:
-                    assert self._request is not None
-                    self._finish(self._request, events)
+                piece = data if take == len(data) else data[:take]
+                request = self._request
+                assert request is not None
+                if done and events and events[-1] is request:
+                    # The whole body came with its head (the usual small
+                    # upload): it travels on the head, not as events.
+                    request.body = piece
+                    self._end(request)
+                else:
+                    events.append(Body(piece))
+                    if done:
+                        self._finish(request, events)
                 return data[take:] if take < len(data) else b""
         else:
             take = chunks.feed(data)
@@ -200,6 +209,9 @@ class MessageReader:
 
     def _finish(self, request: RequestHead, events: list[Event]) -> None:
         events.append(END_OF_MESSAGE)
+        self._end(request)
+
+    def _end(self, request: RequestHead) -> None:
         self._state = _HEAD if request.keep_alive else _CLOSED
         self._start_message()
 
