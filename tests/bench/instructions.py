@@ -35,7 +35,7 @@ from tests.bench import apps, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Byte for byte what wrk sends in the benchmark (tests/bench/wrk.py's POST script).
+# What wrk sends in the benchmark, the port aside (the POST as tests/bench/wrk.py's script makes it).
 _GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 _POST = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: %d\r\n"
          b"Content-Type: application/octet-stream\r\n\r\n" % apps.ECHO_BODY_SIZE + b"x" * apps.ECHO_BODY_SIZE)
