@@ -347,11 +347,8 @@ class RequestCycle:
             self._wake()
         protocol = self.protocol
         protocol.response_complete(self)
-        access_log = protocol.state.access_log
-        if access_log is not None:  # _log_access, inline: once per request
-            head = self.head
-            access_log.log(self.scope["client"], head.method, head.raw_path, head.query_string,
-                           head.http_version, self.status, self.bytes_sent, time.monotonic() - self.start_time)
+        if protocol.state.access_log is not None:
+            self._log_access()
 
     def _log_access(self) -> None:
         access_log = self.protocol.state.access_log

@@ -304,18 +304,18 @@ def semantics(version: bytes, fields: bytes) -> Semantics:
     if len(found) == 1 and found[0][0] == b"host":
         # The usual request: one Host, nothing about the body or the connection.
         return None, http11, None, False, _NOT_FORWARDED
-    if len(found) == 2 and found[0][0] == b"host" and found[1][0] == b"content-length" and http11:
-        # The usual upload: Host, then one Content-Length.
-        length = found[1][1].strip(b"\t ")
-        if length.isdigit() and len(length) <= 18:  # DIGITS_RE without the regex (bytes: ASCII digits only)
-            return int(length) or None, True, None, False, _NOT_FORWARDED
-    if len(found) == 2 and found[0][0] == b"host" and found[1][0] == b"connection":
-        # A browser's request: Host, then Connection with one usual token.
-        token = found[1][1].strip(b" \t")
-        if token == b"keep-alive":
-            return None, True, None, False, _NOT_FORWARDED
-        if token == b"close":
-            return None, False, None, False, _NOT_FORWARDED
+    if len(found) == 2 and found[0][0] == b"host":
+        name, value = found[1]
+        if name == b"content-length" and http11:
+            # The usual upload: Host, then one Content-Length.
+            length = value.strip(b"\t ")
+            if length.isdigit() and len(length) <= 18:  # DIGITS_RE without the regex (bytes: ASCII digits only)
+                return int(length) or None, True, None, False, _NOT_FORWARDED
+        elif name == b"connection":
+            # A browser's request: Host, then Connection with one usual token.
+            token = value.strip(b" \t")
+            if token == b"keep-alive" or token == b"close":
+                return None, token == b"keep-alive", None, False, _NOT_FORWARDED
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []

@@ -192,12 +192,8 @@ class HTTPProtocol(asyncio.Protocol):
         for event in events:
             kind = type(event)
             if kind is Body:
-                receiving = self.receiving
-                if receiving is not None:
-                    receiving.body_received(event.data)
-                    self.buffered += len(event.data)
-                    if self.buffered > HIGH_WATER:
-                        self._pause_reading()
+                if self.receiving is not None:
+                    self._take_body(self.receiving, event.data)
             elif kind is EndOfMessage:
                 if self.receiving is not None:
                     self.receiving.message_complete()
@@ -206,6 +202,13 @@ class HTTPProtocol(asyncio.Protocol):
                 self._on_head(event)
             else:
                 self._on_error(event)
+
+    def _take_body(self, cycle: RequestCycle, data: bytes) -> None:
+        """Hand a piece of body to its request, and stop reading while too much waits unread."""
+        cycle.body_received(data)
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER:
+            self._pause_reading()
 
     # -- requests ---------------------------------------------------------------
 
@@ -228,11 +231,7 @@ class HTTPProtocol(asyncio.Protocol):
         else:  # the whole request is here
             cycle.body_complete = True
             if body:
-                cycle.body.append(body)
-                cycle.body_size = len(body)
-                self.buffered += len(body)
-                if self.buffered > HIGH_WATER:
-                    self._pause_reading()
+                self._take_body(cycle, body)
         if self.cycle is None and not self.queue:
             self._run(cycle)
         else:
