@@ -94,7 +94,13 @@ class WebSocketSession(asyncio.Protocol):
         self._pre_accept = bytearray(buffered)
         self._max_queue = settings.ws_max_queue if settings.ws_max_queue > 0 else None
         self._low_water = (self._max_queue or 0) // 2
+        # Reading pauses while the app lags behind (``_read_paused``: its queue
+        # or the pre-accept buffer is full) and while the transport's write
+        # buffer is full (``_write_paused``: the peer does not read what we
+        # send, such as the pongs of a ping flood), so that the kernel's
+        # buffers push back on the peer instead of our memory growing.
         self._read_paused = False
+        self._write_paused = False
 
         # Send side: write flow control and the denial response, if any.
         self._write_ready = asyncio.Event()
@@ -197,12 +203,16 @@ class WebSocketSession(asyncio.Protocol):
         self._write_ready.set()
 
     def pause_writing(self) -> None:
-        """The transport's buffer is full: the app's next send waits."""
+        """The transport's buffer is full: the app's next send waits, and we stop reading."""
         self._write_ready.clear()
+        self._write_paused = True
+        self._sync_reading()
 
     def resume_writing(self) -> None:
-        """The transport drained: let the app send again."""
+        """The transport drained: let the app send again, and read again."""
         self._write_ready.set()
+        self._write_paused = False
+        self._sync_reading()
 
     # -- Connection (graceful stop) ----------------------------------------------
 
@@ -273,14 +283,26 @@ class WebSocketSession(asyncio.Protocol):
             self._transport.close()
 
     def _pause_reading(self) -> None:
-        if not self._read_paused and not self._transport.is_closing():
+        """The app lags behind: stop reading until it catches up."""
+        if not self._read_paused:
             self._read_paused = True
-            self._transport.pause_reading()
+            self._sync_reading()
 
     def _resume_reading(self) -> None:
-        if self._read_paused and not self._transport.is_closing():
+        if self._read_paused:
             self._read_paused = False
-            self._transport.resume_reading()
+            self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """Read from the transport only while the app keeps up and the peer reads what we write."""
+        transport = self._transport
+        if self._transport_closed or transport.is_closing():
+            return
+        if self._read_paused or self._write_paused:
+            if transport.is_reading():
+                transport.pause_reading()
+        elif not transport.is_reading():
+            transport.resume_reading()
 
     def _set_disconnect(self, code: int, reason: str) -> None:
         # The first reason the session ended is the one the app hears.
@@ -316,6 +338,12 @@ class WebSocketSession(asyncio.Protocol):
     def _ping_timed_out(self) -> None:
         """The peer stopped answering: close 1011 without waiting for it."""
         if self._phase is not OPEN:
+            return
+        if self._write_paused:
+            # The peer has not read what we sent for a whole ping timeout: a
+            # Close frame would only queue behind the rest, so drop it now.
+            self._set_disconnect(INTERNAL_ERROR, "keepalive ping timeout")
+            self.abort()
             return
         if self._read_paused:
             # We stopped reading because the app lags behind: the pong may be
