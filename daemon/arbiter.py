@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from daemon import pidfile, pool
+from daemon.actions import Action
 from daemon.listeners import Listener, ListenerError, close_listeners, open_listeners
 from daemon.pool import MEMORY_INTERVAL, Notifier, NullNotifier, Pool, say
 from daemon.workers import Reason, State, WorkerRecord, counts, oldest_serving, scale
@@ -79,6 +80,13 @@ class Arbiter(Pool):
         self.reload_deferred = False
         self.pending: collections.deque[int] = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
+        # For corralctl status and the metrics: this image, and the process across USR2 re-execs.
+        self.image_started = time.time()
+        self.image_id = f"{os.getpid()}-{time.time_ns()}"
+        self.process_started = process_start_time()
+        # --shutdown-delay: when the graceful stop a TERM asked for begins (None: no TERM yet).
+        self.stop_requested: float | None = None
+        self._deferred_action: Action | None = None
 
     # -- setup ---------------------------------------------------------------
 
@@ -94,7 +102,8 @@ class Arbiter(Pool):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, set(COMMANDS))
 
     def _master_fds(self) -> list[int]:
-        return [self.wake_r, self.wake_w, *super()._master_fds()]
+        # Watched sources (the control socket, the metrics listener and their clients) are the master's too.
+        return [self.wake_r, self.wake_w, *(w.fileno() for w in self.watched), *super()._master_fds()]
 
     def _record_signal(self, signum: int, _frame: object) -> None:
         # Only record: the loop does the work (no logging, no waitpid here).
@@ -139,7 +148,7 @@ class Arbiter(Pool):
     def _wait(self) -> None:
         now = time.monotonic()
         moments = self._deadlines(now)
-        extras = [self.next_watchdog] + [w.deadline() for w in self.watched]
+        extras = [self.next_watchdog, self.stop_requested] + [w.deadline() for w in self.watched]
         moments += [moment for moment in extras if moment is not None]
         timeout = max(0.0, min(moments) - now) if moments else None
         events = self.selector.select(timeout)
@@ -198,6 +207,9 @@ class Arbiter(Pool):
             if moment is None or (now >= moment and source.on_deadline()):
                 self.unwatch(source)
         self._check_memory(now)
+        if self.stop_requested is not None and now >= self.stop_requested and not self.stopping:
+            log.info("shutdown_delay_over", seconds=self.config.shutdown_delay)
+            self._stop("term")
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.next_watchdog = now + (self.notify.watchdog_interval or 1.0)
             # Healthy: some worker ready, or none wanted (after WINCH the master
@@ -220,8 +232,28 @@ class Arbiter(Pool):
     # -- commands (one per signal, see COMMANDS) ------------------------------
 
     def on_stop(self) -> None:
-        """TERM: graceful shutdown of every worker, then exit 0."""
+        """TERM: graceful shutdown of every worker, then exit 0 (after --shutdown-delay, serving meanwhile)."""
+        delay = float(self.config.shutdown_delay or 0)
+        if delay > 0 and not self.stopping and self.stop_requested is None:
+            # /readyz says 503 from now on; keep serving while the load balancer
+            # (a Kubernetes Service) takes this instance out of its endpoints.
+            self.stop_requested = time.monotonic() + delay
+            self._finish_actions("the master is stopping")
+            self.notify.stopping()
+            log.info("shutdown_delayed", seconds=delay, reason="--shutdown-delay: not ready, still serving")
+            say(f"stopping in {delay:g}s (--shutdown-delay); /readyz answers 503, serving goes on meanwhile")
+            return
         self._stop("term")
+
+    def _stop(self, mode: str) -> None:
+        self._finish_actions("the master is stopping")
+        super()._stop(mode)
+
+    def _finish_actions(self, reason: str) -> None:
+        from daemon.actions import ROLLED_BACK
+
+        for action in list(self.actions.items):
+            self.actions.finish(action, ROLLED_BACK, reason)
 
     def on_interrupt(self) -> None:
         """INT: as TERM; a second INT is QUIT (Ctrl-C twice)."""
@@ -234,17 +266,26 @@ class Arbiter(Pool):
 
     def on_reload(self) -> None:
         """HUP: validate the new configuration, then roll the workers onto it."""
-        if self.stopping:
-            return
+        self.request_reload()
+
+    def request_reload(self, origin: str = "signal") -> Action:
+        """HUP's work, recorded as an :class:`~daemon.actions.Action` whose result ``corralctl`` waits for."""
+        from daemon.actions import IGNORED, REFUSED
+
+        action, self._deferred_action = self._deferred_action or self.actions.begin("reload", origin), None
+        if self.stopping or self.stop_requested is not None:
+            self.actions.finish(action, IGNORED, "the master is stopping")
+            return action
         if self.roll is not None and self.roll.reason == "upgrade":
             # Superseding the upgrade's roll would report the upgrade done (and
             # READY=1) before any new worker is ready: finish it first.
+            self._deferred_action = action
             if not self.reload_deferred:
                 self.reload_deferred = True
                 log.info("reload_deferred", reason="the USR2 upgrade's new generation is not ready yet; "
                          "the reload follows it")
                 say("reload deferred until the upgrade's new generation is ready")
-            return
+            return action
         from daemon.config import ConfigError, reload_config
 
         try:
@@ -252,7 +293,8 @@ class Arbiter(Pool):
         except ConfigError as exc:
             log.error("config_invalid", error=str(exc), action="keep-serving")
             say(f"reload refused, configuration invalid: {exc}")
-            return
+            self.actions.finish(action, REFUSED, f"configuration invalid: {exc}")
+            return action
         if tuple(new.binds) != tuple(self.config.binds):
             log.warning("listeners_unchanged", reason="changing listeners needs a restart or USR2",
                         wanted=list(new.binds), kept=[lst.address for lst in self.listeners])
@@ -262,6 +304,8 @@ class Arbiter(Pool):
         self.notify.reloading()
         self._reconfigure_logs(new)
         self.start_roll(new, Reason.HUP.value)
+        action.generation = self.generation
+        return action
 
     def _reconfigure_logs(self, config: Any) -> None:
         try:
@@ -302,12 +346,26 @@ class Arbiter(Pool):
 
     def on_upgrade(self) -> None:
         """USR2: the binary upgrade, handed to ``daemon.upgrade`` through the ``upgrade`` hook."""
-        if self.stopping:
-            return
+        self.request_upgrade()
+
+    def request_upgrade(self, origin: str = "signal") -> Action:
+        """USR2's work, recorded as an action; its outcome comes through :meth:`upgrade_outcome`."""
+        from daemon.actions import IGNORED
+
+        action = self.actions.begin("upgrade", origin)
+        if self.stopping or self.stop_requested is not None:
+            self.actions.finish(action, IGNORED, "the master is stopping")
+            return action
         if self.upgrade is None:
             log.warning("upgrade_unavailable", reason="no upgrade handler in this master")
-            return
+            self.actions.finish(action, IGNORED, "no upgrade handler in this master")
+            return action
         self.upgrade(self)
+        return action
+
+    def upgrade_outcome(self, result: str, reason: str = "") -> None:
+        """Told by the upgrader: the running upgrade ended (``done``, ``rolled-back``, ``ignored``)."""
+        self.actions.finish(self.actions.running("upgrade"), result, reason)
 
     def on_winch(self) -> None:
         """WINCH (off a terminal): stop every worker gracefully, keep master and sockets."""
@@ -324,7 +382,13 @@ class Arbiter(Pool):
         log.info("scale", workers=0, reason="winch")
 
     def on_reap(self) -> None:
-        """CHLD: nothing to do here; every turn of the loop reaps."""
+        """CHLD: every turn of the loop reaps the workers; as PID 1, also reap the orphans handed to us."""
+        if os.getpid() == 1:
+            from daemon.orphans import reap_orphans
+
+            known = set(self.records)
+            known.update(getattr(getattr(w, "popen", None), "pid", None) or 0 for w in self.watched)
+            reap_orphans(known)
 
     def on_resume(self) -> None:
         """CONT (``fg`` after Ctrl-Z): the workers were stopped too; none of them is stuck."""
@@ -332,6 +396,35 @@ class Arbiter(Pool):
         for record in self.records.values():
             if record.last_heartbeat is not None:
                 record.last_heartbeat = max(record.last_heartbeat, now)
+
+
+def open_sidecars(arbiter: Arbiter, config: Any) -> list[Any]:
+    """The control socket and the metrics listener, if asked for, served from the arbiter's loop."""
+    opened: list[Any] = []
+    try:
+        if config.control_socket:
+            from daemon.control_socket import open_control
+
+            opened.append(open_control(arbiter, config.control_socket))
+        if config.metrics_bind:
+            from daemon.metrics import open_metrics
+
+            opened.append(open_metrics(arbiter, config.metrics_bind))
+    except BaseException:
+        for server in opened:
+            server.close()
+        raise
+    return opened
+
+
+def process_start_time() -> float:
+    """When this process started (Unix time; the same across an exec in place)."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:
+        return time.time()
 
 
 def on_terminal() -> bool:
@@ -432,12 +525,25 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
     upgrader = resumed.upgrader if resumed is not None else upgrade.Upgrader(socket_activated=activated)
     try:
         arbiter = Arbiter(config, listeners, notify=notify, app=app, upgrade=upgrader)
+        upgrader.report = arbiter.upgrade_outcome
+        try:
+            sidecars = open_sidecars(arbiter, config)
+        except Exception as exc:  # SidecarError: one line; anything else as well, never half-started
+            print(str(exc), file=sys.stderr, flush=True)
+            if resumed is not None:
+                resumed.abandon(str(exc))
+            return 1
         if resumed is not None:
             for record in resumed.adopted:
                 arbiter.adopt(record)
             arbiter.on_roll_end = lambda ok, error: upgrader.roll_finished(arbiter, ok, error)
             arbiter.start_roll(config, "upgrade")
-        return arbiter.run()
+            arbiter.actions.begin("upgrade", "handoff").generation = arbiter.generation
+        try:
+            return arbiter.run()
+        finally:
+            for sidecar in sidecars:
+                sidecar.close()
     finally:
         close_listeners(listeners)
         if config.pid:

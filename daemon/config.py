@@ -387,6 +387,13 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
         path = values[name]
         if path and not os.path.isfile(path):
             raise ConfigError(f"{_origin(name, sources)}: no such file {path!r}")
+    if values["metrics-bind"] and parse_bind(values["metrics-bind"], _origin("metrics-bind", sources))[0] \
+            not in ("tcp", "unix"):
+        raise ConfigError(f"{_origin('metrics-bind', sources)}: {values['metrics-bind']!r}: expected "
+                          "HOST:PORT or unix:PATH")
+    if values["control-socket"] and not os.path.isdir(os.path.dirname(os.path.abspath(values["control-socket"]))):
+        raise ConfigError(f"{_origin('control-socket', sources)}: no such directory for "
+                          f"{values['control-socket']!r}")
     if values["pid"]:
         directory = os.path.dirname(os.path.abspath(values["pid"]))
         if not os.path.isdir(directory):

@@ -157,6 +157,13 @@ CORRAL_OPTIONS: tuple[Option, ...] = (
        uvicorn=False, minimum=1),
     _o("limit-request-field-size", "int", 8190, "Longest header field accepted (longer: 431).", uvicorn=False,
        minimum=16),
+    _o("control-socket", "path", None, "UNIX socket (mode 0600) on which the master answers corralctl "
+       "(status, workers, reload, upgrade, scale, stop, reopen-logs).", metavar="PATH", uvicorn=False),
+    _o("metrics-bind", "str", None, "Serve Prometheus /metrics, /livez and /readyz from the master on "
+       "HOST:PORT or unix:PATH.", metavar="ADDR", uvicorn=False),
+    _o("shutdown-delay", "float", 0.0, "On TERM, /readyz answers 503 at once but serving goes on for this "
+       "many seconds (so load balancers stop routing here), then the graceful stop.", metavar="S",
+       uvicorn=False, minimum=0),
     _o("log-format", "choice", "console", "Renderer for all logs.", choices=("console", "json"),
        uvicorn=False),
     _o("reuse-port", "flag", False, "Set SO_REUSEPORT on listeners corral binds itself.", uvicorn=False),

@@ -27,8 +27,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.actions import Actions
 from daemon.config import env_overlay
 from daemon.listeners import Listener
+from daemon.metrics import Totals
 from daemon.spawn import read_pipe, reap, send_signal, spawn_worker
 from daemon.workers import (
     MEMORY_STRIKES,
@@ -51,6 +53,7 @@ from daemon.workers import (
     transition,
 )
 from server_core.control import EXIT_APP_FAILED, WORKER_SIGNALS, parse_messages
+from server_core.metrics import parse_snapshot
 
 log = structlog.get_logger("corral.master")
 
@@ -160,6 +163,9 @@ class Pool:
         # One selector for the whole master: the pool registers the workers' pipes in it.
         self.selector = selectors.DefaultSelector()
         self._last_status = ""
+        # Counters of reaped workers (metrics stay monotonic) and the reloads/upgrades and their outcomes.
+        self.totals = Totals()
+        self.actions = Actions()
 
     # -- worker pipes --------------------------------------------------------
 
@@ -196,6 +202,8 @@ class Pool:
             log.info("worker_recycle", worker=record.pid, reason=record.replace_reason)
         elif kind == "fail":
             record.boot_error = arg
+        elif kind == "stats":
+            record.stats = parse_snapshot(arg) or record.stats
 
     # -- state changes -------------------------------------------------------
 
@@ -297,6 +305,7 @@ class Pool:
                                in_roll=in_roll, reloading=bool(self.config.reload))
         reason = record.drain_reason or (Reason.CRASH.value if verdict is Verdict.CRASH else "")
         self._transition(record, State.GONE, status=record.exit_status, reason=reason)
+        self.totals.worker_exited(record.stats, reason)
         if verdict is Verdict.CRASH:
             self.vacancy = Reason.CRASH.value
             self.last_failure = f"worker {record.pid} died (status {record.exit_status})"
@@ -425,7 +434,9 @@ class Pool:
                 self._transition(record, State.DRAINING, reason=record.drain_reason)
             self._signal(record, sig)
 
-    def _end_roll(self, ok: bool, error: str) -> None:
+    def _end_roll(self, ok: bool, error: str, *, superseded: bool = False) -> None:
+        if self.roll is not None:
+            self.actions.roll_ended(self.roll.generation, ok, error, superseded)
         self.roll = None
         if self.on_roll_end is not None:
             callback, self.on_roll_end = self.on_roll_end, None
@@ -436,7 +447,7 @@ class Pool:
         if self.roll is not None:
             # A new roll supersedes the running one; its new workers stay current.
             log.info("roll_superseded", generation=self.roll.generation)
-            self._end_roll(True, "")
+            self._end_roll(True, "", superseded=True)
         self.last_generation = max(self.last_generation, self.generation) + 1
         self.roll = Roll(generation=self.last_generation, reason=reason, previous_config=self.config,
                          previous_floor=self.floor, previous_generation=self.generation)

@@ -45,7 +45,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
@@ -215,6 +215,8 @@ class Upgrader:
         self.socket_activated = socket_activated
         self.rolling = resumed
         self.check: Preflight | None = None
+        # Told each outcome (result, reason): the arbiter records it for corralctl (daemon.actions).
+        self.report: Callable[[str, str], None] | None = None
 
     def in_flight(self, arbiter: Any) -> str | None:
         """Why a USR2 now must be ignored, or None."""
@@ -234,6 +236,8 @@ class Upgrader:
         if busy:
             log.warning(EVENT_IGNORED, reason=busy)
             _say(f"USR2 ignored: {busy}")
+            if self.report is not None:
+                self.report("ignored", busy)
             return
         if self.check is not None:
             self.check.close()
@@ -295,6 +299,8 @@ class Upgrader:
             self._rollback(error or "the new generation did not become ready", stage="new-generation")
             return
         log.info(EVENT_DONE, pid=os.getpid(), generation=getattr(arbiter, "generation", None))
+        if self.report is not None:
+            self.report("done", "")
         _say(f"upgrade done: master pid {os.getpid()} runs the new code")
         notify = getattr(arbiter, "notify", None)
         # Same PID, so MAINPID= changes nothing for systemd; sent anyway so a
@@ -306,6 +312,8 @@ class Upgrader:
 
     def _rollback(self, reason: str, *, stage: str) -> None:
         log.error(EVENT_ROLLBACK, reason=reason, stage=stage)
+        if self.report is not None:
+            self.report("rolled-back", f"{stage}: {reason}")
         _say(f"upgrade rolled back ({stage}), the running workers keep serving: {reason}")
 
 

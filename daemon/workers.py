@@ -18,6 +18,7 @@ import enum
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Capped exponential backoff for a replacement that fails to boot once serving.
 BACKOFF_BASE = 0.5
@@ -93,6 +94,8 @@ class WorkerRecord:
     boot_error: str | None = None
     read_fd: int | None = None
     buffer: bytes = b""  # a partial line read from the control pipe
+    # Its last counters (server_core.metrics.parse_snapshot), cumulative since it started.
+    stats: dict[str, Any] | None = None
 
     @property
     def alive(self) -> bool:

@@ -7,6 +7,9 @@ than PIPE_BUF so a write is atomic and never interleaves with another worker's:
     hb                      heartbeat, sent from the worker's event loop
     recycle <reason>        the worker wants to be replaced (e.g. max-requests)
     fail <message>          the worker could not boot; it exits with status 3
+    stats <json>            its counters (server_core.metrics), cumulative, with a heartbeat
+                            and once more at the end of a graceful stop; at most PIPE_BUF
+                            bytes so the write stays atomic, else dropped
 
 The master never writes to a worker: it signals it (see ``WORKER_SIGNALS``).
 This module imports neither asyncio nor the application, so the master may
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,6 +71,9 @@ class NullControl:
     def boot_failed(self, message: str) -> None:
         pass
 
+    def stats(self, snapshot: str) -> None:
+        pass
+
 
 class PipeControl:
     """The worker's end of the pipe to the master."""
@@ -99,6 +106,19 @@ class PipeControl:
 
     def boot_failed(self, message: str) -> None:
         self._send("fail", message)
+
+    def stats(self, snapshot: str) -> None:
+        """Send the counters (a line longer than PIPE_BUF would not be atomic: dropped)."""
+        data = b"stats " + snapshot.encode("ascii", "replace") + b"\n"
+        if len(data) > select.PIPE_BUF:
+            return
+        try:
+            os.write(self.fd, data)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
 
 
 def parse_messages(buffer: bytes) -> tuple[list[Message], bytes]:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from server_core.metrics import WorkerMetrics
 from server_core.settings import ServerSettings
 
 if TYPE_CHECKING:  # the sans-I/O parsers import RequestHead from here
@@ -62,6 +63,9 @@ class ServerState:
     access_log: Any = None
     # Called once when limit_max_requests is reached (the worker asks to be recycled).
     on_request_limit: Callable[[], None] | None = None
+    # Request/connection counters sent to the master with each heartbeat
+    # (server_core.metrics): the protocols call metrics.record(...) etc.
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
 
 @dataclass(slots=True)

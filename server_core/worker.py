@@ -174,6 +174,7 @@ class WorkerRuntime:
             assert self._stop_event is not None
             await self._stop_event.wait()
             await self._drain(state)
+            self._send_stats()  # the last requests count too (the master keeps the totals)
         await lifespan.shutdown(self.settings.timeout_graceful_shutdown)
         return 0
 
@@ -236,7 +237,14 @@ class WorkerRuntime:
         """Heartbeat from the loop itself: it stops when the loop is blocked."""
         assert self._loop is not None
         self.control.heartbeat()
+        self._send_stats()
         self._timers["heartbeat"] = self._loop.call_later(self.settings.heartbeat_interval, self._beat)
+
+    def _send_stats(self) -> None:
+        """The counters to the master (server_core.metrics), when it listens for them."""
+        state, send = self.state, getattr(self.control, "stats", None)
+        if state is not None and send is not None:
+            send(state.metrics.snapshot(state.total_requests, len(state.connections)))
 
     def _tick_date(self, state: ServerState) -> None:
         """Refresh the encoded Date header once a second, at the second's edge."""

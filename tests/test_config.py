@@ -24,7 +24,8 @@ timeout-graceful-shutdown timeout-worker-healthcheck ssl-keyfile ssl-certfile ss
 ssl-cert-reqs ssl-ca-certs ssl-ciphers header app-dir h11-max-incomplete-event-size reset-contextvars
 factory""".split()
 OURS = """bind uds-mode config pid preload timeout-worker-boot limit-worker-memory limit-request-line
-limit-request-fields limit-request-field-size log-format reuse-port""".split()
+limit-request-fields limit-request-field-size log-format reuse-port control-socket metrics-bind
+shutdown-delay""".split()
 
 
 def test_every_uvicorn_and_corral_option_is_declared() -> None:

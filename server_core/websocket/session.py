@@ -118,6 +118,7 @@ class WebSocketSession(asyncio.Protocol):
         """Register the connection, check the handshake and start the application."""
         state = self._state
         state.connections.add(self)
+        state.metrics.websocket_opened()
         if state.stopping:
             # The worker is leaving: send the client to a worker that stays.
             self._write(handshake.simple_response(503, "Service Unavailable", self._default_headers()))
@@ -196,6 +197,8 @@ class WebSocketSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the app (``websocket.disconnect`` 1006 unless a Close said more) and unregister."""
         self._transport_closed = True
+        if self in self._state.connections:
+            self._state.metrics.websocket_closed()
         self._state.connections.discard(self)
         self._cancel_timers()
         self._set_disconnect(ABNORMAL_CLOSURE, "")

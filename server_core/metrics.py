@@ -1,0 +1,137 @@
+"""A worker's request counters: plain integers bumped on the hot path, shipped with the heartbeat.
+
+:class:`WorkerMetrics` lives in ``ServerState.metrics``. The protocols call
+:meth:`~WorkerMetrics.record` once per finished request and the
+``connection_opened``/``connection_closed`` (and ``websocket_*``) pairs; each
+is a few integer operations on one object: no lock (one thread, the event
+loop), no Prometheus object, no allocation on the common path.
+
+The worker sends :meth:`~WorkerMetrics.snapshot` with its heartbeat over the
+control pipe (``stats <json>``); the numbers are cumulative since the worker
+started, so a lost message loses nothing. The master keeps the last snapshot
+of each live worker and folds it into its totals when the worker exits
+(``daemon.metrics``), so every counter it exports stays monotonic across
+worker replacement.
+
+This module imports neither asyncio nor the application: the master may
+import it for :func:`parse_snapshot` and the bucket bounds.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from typing import Any
+
+# Upper bounds (seconds) of the request-duration histogram (Prometheus'
+# defaults, plus 30 s and 60 s for slow endpoints); +Inf is implicit.
+DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+                                       1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
+# Methods kept as their own label; anything else is counted as "other" (a
+# client cannot blow up the master's label sets with made-up methods).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class WorkerMetrics:
+    """Cumulative counters of one worker (since it started) and its current gauges."""
+
+    __slots__ = ("requests", "durations", "duration_sum", "response_bytes", "connections",
+                 "connections_total", "websockets", "websockets_total", "started")
+
+    def __init__(self) -> None:
+        # {(method, status class index 0..4): count}
+        self.requests: dict[tuple[str, int], int] = {}
+        # One slot per bucket bound plus +Inf: NOT cumulative here (cheaper to bump).
+        self.durations = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.response_bytes = 0
+        self.connections = 0  # open now (HTTP, including those upgraded to WebSocket)
+        self.connections_total = 0
+        self.websockets = 0  # open now
+        self.websockets_total = 0
+        self.started = 0  # requests begun (request_started); in flight = started - finished
+
+    # -- the hot path ----------------------------------------------------------
+
+    def record(self, method: str, status: int, size: int, duration: float) -> None:
+        """One finished request: its method, response status, body bytes sent and seconds taken."""
+        key = (method if method in METHODS else "other", min(max(status // 100, 1), 5) - 1)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+        self.duration_sum += duration
+        self.response_bytes += size
+
+    def request_started(self) -> None:
+        """A request head was accepted and handed to the app (for the in-flight gauge)."""
+        self.started += 1
+
+    def connection_opened(self) -> None:
+        self.connections += 1
+        self.connections_total += 1
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+
+    def websocket_opened(self) -> None:
+        self.websockets += 1
+        self.websockets_total += 1
+
+    def websocket_closed(self) -> None:
+        self.websockets -= 1
+
+    # -- reporting -------------------------------------------------------------
+
+    @property
+    def finished(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def in_flight(self) -> int:
+        # Zero when the protocol does not call request_started.
+        return max(0, self.started - self.finished)
+
+    def snapshot(self, total_requests: int = 0, open_connections: int | None = None) -> str:
+        """The compact JSON text sent to the master (well below PIPE_BUF).
+
+        ``total_requests`` is ``ServerState.total_requests`` (requests begun,
+        counted by the protocols anyway); ``open_connections`` is
+        ``len(ServerState.connections)``, the truth about open connections
+        whether or not the protocol calls ``connection_opened``.
+        """
+        data = {
+            "n": total_requests,
+            "r": [[method, cls, count] for (method, cls), count in self.requests.items()],
+            "d": self.durations,
+            "ds": round(self.duration_sum, 6),
+            "b": self.response_bytes,
+            "c": self.connections if open_connections is None else open_connections,
+            "ct": self.connections_total,
+            "w": self.websockets,
+            "wt": self.websockets_total,
+            "f": self.in_flight,
+        }
+        return json.dumps(data, separators=(",", ":"))
+
+
+def parse_snapshot(text: str) -> dict[str, Any] | None:
+    """A worker's snapshot as a dict with checked types, or None when malformed (never raises)."""
+    try:
+        data = json.loads(text)
+        requests = {}
+        for method, cls, count in data["r"]:
+            if not isinstance(method, str) or method not in METHODS | {"other"} or cls not in range(5):
+                continue
+            requests[(method, int(cls))] = int(count)
+        durations = [int(x) for x in data["d"]]
+        if len(durations) != len(DURATION_BUCKETS) + 1:
+            return None
+        return {
+            "total": int(data.get("n", 0)), "requests": requests, "durations": durations, "duration_sum": float(data["ds"]),
+            "response_bytes": int(data["b"]), "connections": int(data["c"]),
+            "connections_total": int(data["ct"]), "websockets": int(data["w"]),
+            "websockets_total": int(data["wt"]), "in_flight": int(data["f"]),
+        }
+    except (ValueError, TypeError, KeyError):
+        return None
