@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from socket import socket
 from typing import Any
 
@@ -138,6 +138,30 @@ def send_signal(pid: int, sig: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def unexpected_exit(status: int | None, sent: Collection[int] = ()) -> str | None:
+    """What was wrong with a worker's exit, or None when it was clean or the master's doing.
+
+    ``status`` is :func:`reap`'s (negative: killed by that signal); ``sent``
+    the signals the master sent this worker. A non-zero status is the
+    worker's own failure; a signal the master did not send came from someone
+    else — for SIGKILL most often the kernel's out-of-memory killer.
+    """
+    if not status:
+        return None
+    if status > 0:
+        return f"exited with status {status}"
+    if -status in sent:
+        return None
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    if -status == signal.SIGKILL:
+        return (f"was killed by {name}, which corral did not send: most likely the kernel's out-of-memory "
+                "killer (check the worker's memory, dmesg, or the container's memory limit)")
+    return f"was killed by {name}, which corral did not send"
 
 
 def reap(pid: int) -> int | None:

@@ -25,7 +25,9 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 # Consecutive RSS samples over --limit-worker-memory before a worker is
 # recycled: one sample can catch a transient peak (a big response buffer).
-MEMORY_STRIKES = 3
+# Samples are daemon.pool.MEMORY_INTERVAL apart, so two keep the overshoot of
+# a fast leak small.
+MEMORY_STRIKES = 2
 # A roll (or any planned replacement) starts this many new workers at a time:
 # capacity then stays between N and N + MAX_SURGE ready workers.
 MAX_SURGE = 1
