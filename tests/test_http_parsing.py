@@ -12,10 +12,11 @@ from server_core.http.events import Body, EndOfMessage, ParseError
 from server_core.http.head import KNOWN_METHODS, HeadLimits
 from server_core.http.parse_h11 import H11Parser
 from server_core.http.parse_httptools import HttptoolsParser
+from server_core.http.parse_zttp import ZttpParser
 from server_core.http.reader import MessageReader
 from server_core.state import RequestHead
 
-PARSERS = {"httptools": HttptoolsParser, "h11": H11Parser}
+PARSERS = {"httptools": HttptoolsParser, "h11": H11Parser, "zttp": ZttpParser}
 
 
 def expand(events: list) -> list:
@@ -212,13 +213,13 @@ def test_pipelined_requests_in_one_feed(make) -> None:
 
 @pytest.mark.parametrize("name", sorted(PARSERS))
 def test_a_request_complete_in_one_read_is_one_event(name: str) -> None:
-    """No body, or (httptools) a Content-Length body in the same read: the head carries it."""
+    """No body, or (httptools, zttp) a Content-Length body in the same read: the head carries it."""
     parser = PARSERS[name]()
     [head] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert head.body == b""
     events = parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
                          b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\no")
-    if name == "httptools":
+    if name in ("httptools", "zttp"):  # length_body_direct
         assert [type(event).__name__ for event in events] == ["RequestHead", "RequestHead", "Body"]
         assert events[0].body == b"hello" and events[1].body is None and events[2].data == b"o"
     else:  # h11 parses every body itself: events as usual
@@ -500,7 +501,7 @@ def _summarise(events: list) -> list:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_parsers_agree_on_mutated_requests(seed: int) -> None:
-    """Differential fuzzing: random byte mutations of valid requests get the same answer on both."""
+    """Differential fuzzing: random byte mutations of valid requests get the same answer on all three."""
     import random
 
     rng = random.Random(seed)
@@ -518,7 +519,9 @@ def test_parsers_agree_on_mutated_requests(seed: int) -> None:
                     data[pos] = rng.choice(alphabet)
         eof = rng.random() < 0.3
         raw = bytes(data)
-        assert _verdict(HttptoolsParser, raw, eof) == _verdict(H11Parser, raw, eof), raw
+        expected = _verdict(HttptoolsParser, raw, eof)
+        assert expected == _verdict(H11Parser, raw, eof), raw
+        assert expected == _verdict(ZttpParser, raw, eof), raw
 
 
 def _verdict_byte_by_byte(cls: type[MessageReader], data: bytes, eof: bool) -> list:

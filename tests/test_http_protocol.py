@@ -83,9 +83,9 @@ class Server:
             self.sock.close()
 
 
-@pytest.fixture(params=["httptools-asyncio", "h11-asyncio", "httptools-uvloop"])
+@pytest.fixture(params=["httptools-asyncio", "h11-asyncio", "zttp-asyncio", "httptools-uvloop"])
 def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
-    """Start a server; both parsers on asyncio, and httptools on uvloop (the default stack)."""
+    """Start a server; the three parsers on asyncio, and httptools on uvloop (the default stack)."""
     servers: list[Server] = []
     http, loop = request.param.split("-")
 

@@ -1,7 +1,8 @@
 """HTTP/1.1 for corral: sans-I/O parser adapters, one protocol, one ASGI cycle.
 
-``make_parser`` picks the adapter named by ``settings.http``; both emit the
-neutral events of :mod:`server_core.http.events` and refuse the same requests.
+``make_parser`` picks the adapter named by ``settings.http`` (httptools, h11 or
+zttp); all three emit the neutral events of :mod:`server_core.http.events` and
+refuse the same requests.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ def head_limits(settings: ServerSettings) -> HeadLimits:
 
 
 def make_parser(settings: ServerSettings, upgrade_tokens: frozenset[bytes] = frozenset()) -> MessageReader:
-    """A fresh request parser for one connection (httptools unless ``http == "h11"``)."""
+    """A fresh request parser for one connection: ``settings.http`` names it (httptools by default)."""
     limits = head_limits(settings)
+    if settings.http == "zttp":
+        from server_core.http.parse_zttp import ZttpParser
+
+        return ZttpParser(limits, upgrade_tokens=upgrade_tokens)
     if settings.http == "h11":
         from server_core.http.parse_h11 import H11Parser
 

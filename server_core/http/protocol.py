@@ -1,10 +1,12 @@
-"""The HTTP/1.1 connection: one asyncio.Protocol for both parsers.
+"""The HTTP/1.1 connection: one asyncio.Protocol for the three parsers.
 
-It feeds bytes to the parser adapter, turns the neutral events into
-:class:`~server_core.http.cycle.RequestCycle` objects served one at a time in
-arrival order (pipelining), and owns everything about the connection: flow
-control in both directions, the keep-alive and request-head deadlines, the
-concurrency limit, graceful shutdown and the WebSocket hand-off.
+It feeds bytes to the parser adapter (httptools, h11 or zttp), turns the
+neutral events into :class:`~server_core.http.stream.HTTPStream` objects served
+one at a time in arrival order (pipelining), and is their
+:class:`~server_core.http.stream.Wire`: it encodes each response (framing,
+keep-alive), and owns everything about the connection: flow control in both
+directions, the keep-alive and request-head deadlines, the concurrency limit,
+graceful shutdown and the WebSocket hand-off.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections import deque
 from typing import Any, cast
 
 from server_core.http import make_parser
-from server_core.http.cycle import RequestCycle, http_scope
+from server_core.http import response as resp
 from server_core.http.events import Body, EndOfMessage, ParseError
 from server_core.http.response import ServerHeaders, server_headers, simple_response
+from server_core.http.stream import CLOSED, DONE, HTTPStream, http_scope
 from server_core.proxy import ProxyTrust
 from server_core.state import RequestHead, ServerState
 
@@ -35,6 +38,9 @@ MAX_PIPELINE = 16
 # After answering a request whose body was not read: how long to keep reading
 # and dropping input before closing (see HTTPProtocol._linger).
 LINGER_SECONDS = 2.0
+# A body piece smaller than this is copied to join its head or chunk framing
+# in one buffer; a larger one is written as it is, beside them.
+COPY_LIMIT = 16 * 1024
 
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
@@ -73,7 +79,7 @@ def _running(tasks: set[asyncio.Task[Any]]) -> int:
     """How many of ``tasks`` still run, forgetting those that ended.
 
     A request task leaves the set by itself at the end of its coroutine
-    (RequestCycle.run), which costs nothing per request; one cancelled before
+    (HTTPStream.run), which costs nothing per request; one cancelled before
     its first step never runs that code, so the count is made exact here, only
     when it decides a refusal.
     """
@@ -97,9 +103,15 @@ class HTTPProtocol(asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.scheme = "http"
         self.tls = False
-        self.cycle: RequestCycle | None = None  # the request being answered
-        self.receiving: RequestCycle | None = None  # the request whose body is arriving
-        self.queue: deque[RequestCycle | ParseError] = deque()
+        self.cycle: HTTPStream | None = None  # the request being answered
+        self.receiving: HTTPStream | None = None  # the request whose body is arriving
+        self.queue: deque[HTTPStream | ParseError] = deque()
+        # The response in progress (one at a time): its framing, the
+        # Content-Length bytes still owed, and whether the connection stays open.
+        self.keep_alive = True
+        self.framing = resp.LENGTH
+        self.length_left: int | None = None
+        self.broken = False  # a response was cut short: close, never reuse
         self.buffered = 0  # request body bytes not yet taken by the application
         self.read_paused = False
         self.write_paused = False
@@ -151,7 +163,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._timer = None
         for cycle in (self.cycle, self.receiving):
             if cycle is not None:
-                cycle.lost()
+                cycle.disconnect()
         self._release_drain()
 
     def eof_received(self) -> bool | None:
@@ -172,8 +184,14 @@ class HTTPProtocol(asyncio.Protocol):
             # disconnect listener must not wait forever on a socket in CLOSE-WAIT.
             self.closing, self.retiring = True, False
             self.client_eof = True
-            if self.cycle is not None:
-                self.cycle.wake()
+            cycle = self.cycle
+            if cycle is not None:
+                if cycle.head_sent:
+                    # A response already streaming to a client that left
+                    # (an SSE stream, a download): the next send() raises at once.
+                    cycle.disconnect()
+                else:
+                    cycle.half_close()
         return busy
 
     def data_received(self, data: bytes) -> None:
@@ -196,14 +214,14 @@ class HTTPProtocol(asyncio.Protocol):
                     self._take_body(self.receiving, event.data)
             elif kind is EndOfMessage:
                 if self.receiving is not None:
-                    self.receiving.message_complete()
+                    self.receiving.end()
                     self.receiving = None
             elif kind is RequestHead:
                 self._on_head(event)
             else:
                 self._on_error(event)
 
-    def _take_body(self, cycle: RequestCycle, data: bytes) -> None:
+    def _take_body(self, cycle: HTTPStream, data: bytes) -> None:
         """Hand a piece of body to its request, and stop reading while too much waits unread."""
         cycle.body_received(data)
         self.buffered += len(data)
@@ -224,7 +242,7 @@ class HTTPProtocol(asyncio.Protocol):
         if self.trust is not None:
             client, server, scheme = self.trust.apply(client, server, scheme, head.forwarded, http=True)
         scope = http_scope(head, client, server, scheme, settings.root_path, state.app_state)
-        cycle = RequestCycle(self, head, scope)
+        cycle = HTTPStream(self, head, scope)
         body = head.body
         if body is None:  # the body follows as events
             self.receiving = cycle
@@ -250,12 +268,10 @@ class HTTPProtocol(asyncio.Protocol):
         self.receiving = None
         if receiving is not None and receiving is self.cycle:
             # The request being served turned out malformed mid-body.
+            receiving.disconnect()  # the application sees http.disconnect
             if receiving.head_sent:
-                receiving.lost()
                 self._close()
                 return
-            receiving.failed_status = error.status
-            receiving.lost()  # the application sees http.disconnect
             self.cycle = None
             self.queue.clear()
             self.queue.append(error)
@@ -268,10 +284,12 @@ class HTTPProtocol(asyncio.Protocol):
         if self.cycle is None:
             self._next()
 
-    def _run(self, cycle: RequestCycle) -> None:
+    def _run(self, cycle: HTTPStream) -> None:
         state = self.state
         self.cycle = cycle
         head = cycle.head
+        self.keep_alive = head.keep_alive
+        self.broken = False
         if head.upgrade is not None and head.upgrade == b"websocket" and self.ws_enabled:
             self._handoff(cycle)
             return
@@ -283,17 +301,21 @@ class HTTPProtocol(asyncio.Protocol):
             # Overloaded: refuse without running the app, and close — the
             # request body (if any) is not read, and fewer connections is the point.
             cycle.status = 503
-            cycle.keep_alive = False
+            cycle.phase = DONE
+            self.keep_alive = False
             self.write(simple_response(503, "Service Unavailable", self.defaults()))
-            cycle.complete = True
-            self.response_complete(cycle)
+            self.stream_done(cycle)
             return
-        # The task takes itself out of state.tasks when it ends (RequestCycle.run).
-        state.tasks.add(cycle.start(state.app, state.settings.reset_contextvars))
+        # The task takes itself out of state.tasks when it ends (HTTPStream.run).
+        state.tasks.add(cycle.start(state.app, state.settings.reset_contextvars, state.access_log is not None))
 
     def _next(self) -> None:
         """Start the next queued request, or go idle."""
         while self.queue and not self.gone:
+            if self.write_paused:
+                # The client does not read its answers: start no more until
+                # it does (resume_writing comes back here).
+                return
             item = self.queue.popleft()
             if isinstance(item, ParseError):
                 self.write(simple_response(item.status, item.reason, self.defaults()))
@@ -319,17 +341,20 @@ class HTTPProtocol(asyncio.Protocol):
         if self.read_paused:
             self._maybe_resume(LOW_WATER)
 
-    def response_complete(self, cycle: RequestCycle, broken: bool = False) -> None:
-        """Called by the cycle once its response is fully written (or abandoned)."""
-        if cycle is not self.cycle:
+    # -- the Wire of each stream (see server_core.http.stream.Wire) ------------------
+
+    def stream_done(self, stream: HTTPStream) -> None:
+        """The stream is finished with (its response complete, abandoned or cut): move on."""
+        if stream is not self.cycle:
             return
         self.cycle = None
-        unread = cycle is self.receiving and not cycle.body_complete
+        unread = stream is self.receiving and not stream.body_complete
         if unread:
             # The rest of that body would be parsed as nothing useful.
             self.receiving = None
-        self.buffered -= cycle.body_size
-        if broken or not cycle.keep_alive or self.gone:
+        self.buffered -= stream.body_size
+        broken = self.broken
+        if broken or not self.keep_alive or self.gone or stream.phase == CLOSED:
             if unread and not broken:
                 self._linger()
             else:
@@ -337,7 +362,97 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self._next()
 
-    # -- used by the cycle ----------------------------------------------------
+    def send_body(self, stream: HTTPStream, body: bytes, end: bool) -> None:
+        """Write a piece of the response, the head first; ``end``: the last piece."""
+        if not stream.head_sent:
+            head = self._encode_head(stream, len(body) if end else None)
+            if end and self.framing == resp.LENGTH and len(body) < COPY_LIMIT:
+                # The usual response: head and whole body in one write (one
+                # system call), without the overhead of a deferred write.
+                # Checked before anything is written: a wrong Content-Length
+                # still gets a clean 500.
+                if len(body) != self.length_left:
+                    raise RuntimeError("Response content %s than Content-Length" % (
+                        "longer" if len(body) > self.length_left else "shorter"))  # type: ignore[operator]
+                self.length_left = 0
+                stream.head_sent = True
+                self.write(head + body)
+                stream.bytes_sent = len(body)
+                return
+            # Written at the end of this pass of the loop, together with
+            # whatever the application sends before it waits: a response
+            # streamed in many small messages leaves in few writes.
+            self.write_soon(head)
+            stream.head_sent = True
+        if body:
+            self._frame(stream, body)
+        if end:
+            if self.framing == resp.CHUNKED:
+                self.write_soon(resp.LAST_CHUNK)
+            elif self.length_left:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.flush()
+
+    def _encode_head(self, stream: HTTPStream, body_length: int | None) -> bytes:
+        """Encode the response head (sent with the first body piece); sets the framing."""
+        state = self.state
+        keep_alive = self.keep_alive
+        # Stopping (retire, shutdown, the client's FIN): the connection closes
+        # after the last request already received, and only after it.
+        if keep_alive and (self.closing or state.stopping) and not self.queue:
+            keep_alive = False
+        # A request whose body we have not finished reading cannot be followed
+        # by another on the same connection (we would have to read and discard
+        # an unknown amount, and a 100-continue client may never send it).
+        if not stream.body_complete:
+            keep_alive = False
+        request = stream.head
+        head, self.framing, length_left, self.keep_alive = resp.encode_head(
+            stream.status, stream.headers, server_headers(state.default_headers, state.date_header),
+            keep_alive=keep_alive,
+            http10=request.http_version == "1.0", head_request=request.method == "HEAD",
+            body_length=body_length)
+        # Only a length-framed body is counted.
+        self.length_left = length_left if self.framing == resp.LENGTH else None
+        return head
+
+    def _frame(self, stream: HTTPStream, body: bytes) -> None:
+        """Frame and write one non-empty piece of the body."""
+        framing = self.framing
+        if framing == resp.NO_BODY:
+            return
+        write = self.write_soon
+        if framing == resp.CHUNKED:
+            if len(body) < COPY_LIMIT:
+                write(resp.chunk(body))
+            else:  # no copy of a large body to frame it
+                write(b"%x\r\n" % len(body))
+                write(body)
+                write(b"\r\n")
+        else:
+            if self.length_left is not None:
+                if len(body) > self.length_left:
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.length_left -= len(body)
+            write(body)
+        stream.bytes_sent += len(body)
+
+    def send_continue(self, stream: HTTPStream) -> None:
+        """``100 Continue`` for a client waiting to send its body."""
+        self.write(resp.CONTINUE)
+
+    def send_error(self, stream: HTTPStream, status: int) -> None:
+        """Answer ``status`` for a stream that sent nothing yet, and close after it."""
+        self.keep_alive = False
+        self.write(simple_response(status, "Internal Server Error" if status == 500 else "Error",
+                                   self.defaults()))
+
+    def reset(self, stream: HTTPStream) -> None:
+        """A response cut short after its head left: HTTP/1.1 can only close the connection."""
+        self.keep_alive = False
+        self.broken = True
+
+    # -- writing ------------------------------------------------------------------
 
     def defaults(self) -> ServerHeaders:
         """The server's own response headers (server, --header, date), encoded."""
@@ -385,17 +500,17 @@ class HTTPProtocol(asyncio.Protocol):
             else:
                 self.transport.writelines(pending)
 
-    def body_consumed(self, size: int) -> None:
+    def body_consumed(self, stream: HTTPStream, size: int) -> None:
         """The application took ``size`` buffered body bytes."""
         self.buffered -= size
         if self.read_paused:
             self._maybe_resume(LOW_WATER)
 
-    def want_body(self) -> None:
+    def want_body(self, stream: HTTPStream) -> None:
         """The application waits for body bytes: make sure we are reading."""
-        self._maybe_resume(HIGH_WATER)
+        self._maybe_resume(HIGH_WATER, body=True)
 
-    async def drain(self) -> None:
+    async def drain(self, stream: HTTPStream) -> None:
         """Wait until the transport's write buffer drains (or the client goes)."""
         if not self.write_paused or self.gone:
             return
@@ -406,13 +521,22 @@ class HTTPProtocol(asyncio.Protocol):
     # -- flow control ---------------------------------------------------------
 
     def pause_writing(self) -> None:
-        """The transport's buffer is full: the application's send() will wait."""
+        """The transport's buffer is full: send() waits, and no more is read or started.
+
+        A client that sends requests without reading the answers would
+        otherwise grow the write buffer without bound (pipelining); with
+        reading paused, the kernel's buffers push back on it instead.
+        """
         self.write_paused = True
+        self._pause_reading()
 
     def resume_writing(self) -> None:
-        """The transport drained: release waiting send() calls."""
+        """The transport drained: release waiting send() calls, start what waits, read again."""
         self.write_paused = False
         self._release_drain()
+        if self.cycle is None and self.queue and not self.gone:
+            self._next()
+        self._maybe_resume(LOW_WATER)
 
     def _release_drain(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -426,10 +550,15 @@ class HTTPProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.transport.pause_reading()
 
-    def _maybe_resume(self, water: int) -> None:
-        """Resume reading once buffered body and pipelined requests are below the marks."""
+    def _maybe_resume(self, water: int, body: bool = False) -> None:
+        """Resume reading once buffered body, pipelined requests and unread answers are below the marks.
+
+        ``body``: the application waits for the body of the request it
+        serves, which only reading can bring, even while its client is slow
+        to read (the pipeline limit still bounds what can pile up).
+        """
         if self.read_paused and self.buffered < water and len(self.queue) < MAX_PIPELINE \
-                and self.parser.parsing:
+                and self.parser.parsing and (body or not self.write_paused):
             self._resume_reading()
 
     def _resume_reading(self) -> None:
@@ -548,7 +677,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     # -- WebSocket -----------------------------------------------------------------
 
-    def _handoff(self, cycle: RequestCycle) -> None:
+    def _handoff(self, cycle: HTTPStream) -> None:
         handoff = websocket_handoff()
         assert handoff is not None and self.transport is not None
         head = cycle.head
