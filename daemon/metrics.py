@@ -162,6 +162,8 @@ class Collector:
         for (method, cls), count in sorted(data["requests"].items()):
             requests.add_metric([method, STATUS_CLASSES[cls]], count)
         yield requests
+        yield CounterMetricFamily("corral_requests_started", "Requests whose head was parsed and handed to "
+                                  "the application (every protocol).", value=data["total"])
 
         buckets = []
         running = 0
