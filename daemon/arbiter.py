@@ -470,6 +470,12 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
     from daemon import upgrade
 
     pool.PLAIN_LINES = config.log_format != "json"
+    owner = pidfile.running_master(config.pid) if config.pid else None
+    if owner is not None:
+        # Overwriting it (and deleting it at our exit) would lose the running master.
+        print(f"corral: --pid {config.pid} names a running corral master (pid {owner}): stop it first, "
+              "or give this one another --pid file", file=sys.stderr, flush=True)
+        return 1
     if notify is None:
         from daemon.systemd import Notifier as SdNotifier
 

@@ -5,6 +5,8 @@
   ``--log-level warning``.
 - ``--limit-worker-memory`` samples often enough that a worker leaking 20 MB/s
   is recycled before its RSS is 10 % past the limit.
+- ``--pid FILE`` naming a live corral master: a second master refuses to start
+  (status 1) and leaves the file alone; a stale file is taken over.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.support import FACTOR, Corral, wait_until, worker_pids
+from tests.support import FACTOR, Corral, Proc, wait_until, worker_pids
 
 Start = Callable[..., Corral]
 MIB = 1024 * 1024
@@ -94,3 +100,60 @@ def test_memory_limit_catches_a_20mb_per_second_leak_within_10_percent(corral: S
     print(f"recycled at {rss_mib} MiB for a limit of {limit} MiB")
     assert limit < rss_mib <= limit * 1.1, line
     one_worker(proc, other_than=leaker)  # the replacement took over, the leaker is gone
+
+
+# -- one master per PID file -------------------------------------------------------------------
+
+
+def test_a_second_master_refuses_a_pid_file_naming_a_live_master(corral: Start, tmp_path: Path) -> None:
+    pid_path = tmp_path / "corral.pid"
+    first = corral("guard_app:app", "--pid", str(pid_path))
+    wait_until(lambda: pid_path.exists(), 10, "the PID file", alive=first.dead)
+    assert pid_path.read_text() == f"{first.pid}\n"
+    # Another listener, the same PID file: the file names a running master.
+    second = corral("guard_app:app", "--pid", str(pid_path), wait=False)
+    assert second.wait_exit(timeout=20) == 1
+    out = second.output()
+    assert f"--pid {pid_path}" in out and f"pid {first.pid}" in out, out
+    assert "listening" not in out, "refused before binding anything"
+    assert pid_path.read_text() == f"{first.pid}\n", "the running master's file is untouched"
+    assert first.dead() is None and httpx.get(first.url + "/", timeout=10 * FACTOR).status_code == 200
+    first.signal(signal.SIGTERM)
+    assert first.wait_exit() == 0
+    assert not pid_path.exists()
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("holder", ["dead", "not-corral"])
+def test_a_stale_pid_file_is_taken_over(corral: Start, procs: Callable[..., Proc], tmp_path: Path,
+                                        holder: str) -> None:
+    pid_path = tmp_path / "corral.pid"
+    if holder == "dead":
+        pid = dead_pid()
+    else:
+        # A live process that is not a corral master, started before the file was written.
+        pid = procs([sys.executable, "-c", "import time; time.sleep(120)"], name="sleeper").pid
+        time.sleep(0.05)
+    pid_path.write_text(f"{pid}\n")
+    proc = corral("guard_app:app", "--pid", str(pid_path))
+    wait_until(lambda: pid_path.read_text() == f"{proc.pid}\n", 10, "the PID file taken over", alive=proc.dead)
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+    assert not pid_path.exists()
+
+
+def test_a_pid_reused_after_the_file_was_written_is_stale(corral: Start, tmp_path: Path) -> None:
+    """The file names a live corral master that started after the file was written: a reused PID."""
+    pid_path = tmp_path / "corral.pid"
+    other = corral("guard_app:app")
+    pid_path.write_text(f"{other.pid}\n")
+    old = time.time() - 3600
+    os.utime(pid_path, (old, old))
+    proc = corral("guard_app:app", "--pid", str(pid_path))
+    wait_until(lambda: pid_path.read_text() == f"{proc.pid}\n", 10, "the PID file taken over", alive=proc.dead)
