@@ -23,7 +23,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import APPS, FACTOR, Corral, deadline, free_port, wait_until, worker_pids
+from tests.support import (
+    APPS,
+    FACTOR,
+    REQUIRE_ALL,
+    Corral,
+    deadline,
+    free_port,
+    require_tool,
+    wait_until,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -466,3 +476,48 @@ def test_a_second_term_ends_the_delay(corral: Start, tmp_path: Path) -> None:
         assert httpx.get(proc.url + "/", timeout=5).status_code == 200
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit(20) == 0
+
+
+# -- corral as PID 1 ---------------------------------------------------------------------------------
+
+
+def test_as_pid_1_orphans_are_reaped_quietly_and_never_counted(procs: Callable[..., Any], tmp_path: Path) -> None:
+    unshare = require_tool("unshare")
+    if os.geteuid() != 0:
+        message = "unshare --pid needs root"
+        if REQUIRE_ALL:
+            pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
+        pytest.skip(message)
+    port, metrics = free_port(), free_port()
+    proc = procs([unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-m", "daemon", "orphan_app:app",
+                  "--app-dir", str(APPS), "--workers", "2", "--port", str(port), "--log-level", "debug",
+                  "--metrics-bind", f"127.0.0.1:{metrics}", "--no-access-log"],
+                 env={"PYTHONUNBUFFERED": "1"})
+    proc.wait_log("worker_ready", count=2)
+    assert "master_started [corral.master] pid=1 " in proc.output() or "pid=1 " in proc.output()
+    import psutil
+
+    master = wait_until(lambda: psutil.Process(proc.pid).children(), 10, "the master inside the namespace")[0]
+    workers = {child.pid for child in master.children()}
+    assert len(workers) == 2
+
+    for _ in range(4):
+        response = httpx.get(f"http://127.0.0.1:{port}/spawn?5", timeout=10)
+        assert response.status_code == 200
+    proc.wait_log("orphan_reaped", count=20, timeout=20)
+
+    def no_zombies() -> bool:
+        children = master.children()
+        return all(child.status() != psutil.STATUS_ZOMBIE for child in children) and \
+            {child.pid for child in children} == workers
+    wait_until(no_zombies, 10, "no zombie children of the master", alive=proc.dead)
+    out = proc.output()
+    assert out.count("status=3") >= 20  # the orphans' statuses, logged at debug...
+    assert "worker_exited" not in out and "boot_failed" not in out and "worker_crashed" not in out
+    text = scrape(metrics).text
+    assert sample(text, "corral_workers", state="ready") == 2
+    assert sum(float(v) for v in re.findall(r"^corral_worker_restarts_total\{[^}]*\} (\S+)$", text, re.M)) == 0
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+
+    os.kill(master.pid, signal.SIGTERM)
+    assert proc.wait_exit(30) == 0
