@@ -185,11 +185,12 @@ class Config:
         v = self.values
         return ServerSettings(
             app=self.app, factory=v["factory"], app_dir=v["app-dir"], interface=v["interface"],
-            loop=v["loop"], http=v["http"], ws=v["ws"], lifespan=v["lifespan"],
+            loop=v["loop"], http=v["http"], http2=v["http2"], ws=v["ws"], lifespan=v["lifespan"],
             ws_max_size=v["ws-max-size"], ws_max_queue=v["ws-max-queue"],
             ws_ping_interval=v["ws-ping-interval"] or None, ws_ping_timeout=v["ws-ping-timeout"] or None,
             ws_per_message_deflate=v["ws-per-message-deflate"], root_path=v["root-path"],
             proxy_headers=v["proxy-headers"], forwarded_allow_ips=_split_ips(v["forwarded-allow-ips"]),
+            proxy_protocol=v["proxy-protocol"],
             server_header=v["server-header"], date_header=v["date-header"],
             headers=tuple(_split_header(h) for h in v["header"]),
             limit_concurrency=v["limit-concurrency"], backlog=v["backlog"], limit_max_requests=limit_max_requests,
@@ -330,10 +331,18 @@ def _origin(name: str, sources: Mapping[str, str]) -> str:
     return f"{where}: key '{name}'"
 
 
+# Where a module comes from when it is missing: its distribution, and whether
+# corral's [standard] extra brings it (zuvloop is installed on its own).
+_DISTRIBUTIONS = {"yaml": "PyYAML"}
+_NOT_IN_STANDARD = frozenset({"zuvloop"})
+
+
 def _need(package: str, what: str) -> None:
     if find_spec(package) is None:
-        raise ConfigError(f"{what} needs the '{package}' package, which is not installed "
-                          f"(pip install {package!r} or 'corral[standard]')")
+        install = f"pip install {_DISTRIBUTIONS.get(package, package)}"
+        if package not in _NOT_IN_STANDARD:
+            install += " or 'corral[standard]'"
+        raise ConfigError(f"{what} needs the '{package}' package, which is not installed ({install})")
 
 
 def _resolve_implementations(values: dict[str, Any], sources: Mapping[str, str]) -> None:
@@ -348,8 +357,10 @@ def _resolve_implementations(values: dict[str, Any], sources: Mapping[str, str])
         values["http"] = "httptools" if find_spec("httptools") else "h11"
     else:
         _need(http, f"--http {http} ({_origin('http', sources)})")
-    if values["http2"]:
-        _need("zttp", "--http2 (it requires --http zttp)")
+    if values["http2"] and values["http"] != "zttp":
+        # uvicorn's words (--http2 alone is a usage error there too).
+        raise ConfigError(f"--http2 ({_origin('http2', sources)}): HTTP/2 requires the `zttp` HTTP protocol. "
+                          "Install it with `pip install zttp`, then select it with `--http zttp`.")
     ws = values["ws"]
     if ws == "auto":
         values["ws"] = "websockets" if find_spec("websockets") else ("wsproto" if find_spec("wsproto") else "none")
@@ -372,9 +383,13 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
     if values["port"] > 65535:
         raise ConfigError(f"{_origin('port', sources)}: invalid port {values['port']}: expected 0-65535")
     for header in values["header"]:
-        name, sep, _ = header.partition(":")
+        name, sep, value = header.partition(":")
         if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
             raise ConfigError(f"{_origin('header', sources)}: invalid header {header!r}: expected Name:Value")
+        # Sent on every response as given: CR or LF would start a header (or a body) of their own.
+        problem = _header_problem(name.strip(), value.strip())
+        if problem:
+            raise ConfigError(f"{_origin('header', sources)}: invalid header {header!r}: {problem}")
     for item in _split_ips(values["forwarded-allow-ips"]):
         if item == "*":
             continue
@@ -406,10 +421,39 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
             raise ConfigError(f"{_origin('pid', sources)}: {values['pid']!r} is a directory")
     if values["ssl-keyfile"] and not values["ssl-certfile"]:
         raise ConfigError("--ssl-keyfile needs --ssl-certfile as well")
-    if not 0 <= values["uds-mode"] <= 0o7777:
-        raise ConfigError(f"{_origin('uds-mode', sources)}: invalid mode {oct(values['uds-mode'])}")
+    if values["proxy-protocol"] and values["ssl-certfile"]:
+        # The PROXY header comes before the TLS handshake, under the TLS layer asyncio puts first.
+        raise ConfigError("--proxy-protocol with --ssl-certfile is not supported: terminate TLS at the "
+                          "balancer, or forward TCP without the PROXY header")
+    if not 0 <= values["uds-mode"] <= 0o777:
+        raise ConfigError(f"{_origin('uds-mode', sources)}: invalid mode {oct(values['uds-mode'])}: "
+                          "expected permission bits from 0o000 to 0o777")
     for addr in values["bind"]:
         parse_bind(addr, _origin("bind", sources))
+    if values["metrics-bind"] and parse_bind(values["metrics-bind"], _origin("metrics-bind", sources))[0] \
+            not in ("tcp", "unix"):
+        raise ConfigError(f"{_origin('metrics-bind', sources)}: {values['metrics-bind']!r}: expected "
+                          "HOST:PORT or unix:PATH")
+    if values["control-socket"] and not os.path.isdir(os.path.dirname(os.path.abspath(values["control-socket"]))):
+        raise ConfigError(f"{_origin('control-socket', sources)}: no such directory for "
+                          f"{values['control-socket']!r}")
+
+
+# RFC 9110 section 5.6.2: a field name is a token.
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _header_problem(name: str, value: str) -> str | None:
+    """Why ``name: value`` cannot be sent as a response header field (RFC 9110 section 5), or None."""
+    bad = next((c for c in name if c not in _TCHAR), None)
+    if bad is not None:
+        return f"the name may not contain {bad!r} (letters, digits and !#$%&'*+-.^_`|~ only)"
+    # field-value: visible ASCII, space, tab and obs-text (0x80-0xFF, sent as latin-1).
+    bad = next((c for c in value if not (c == "\t" or " " <= c <= "~" or "\x80" <= c <= "\xff")), None)
+    if bad is not None:
+        return (f"the value may not contain {bad!r} (CR, LF and other control characters, or characters "
+                "beyond latin-1)")
+    return None
 
 
 def parse_bind(addr: str, origin: str = "--bind") -> tuple[str, Any]:

@@ -32,6 +32,9 @@ class ServerSettings:
     # ws websockets|wsproto|none.
     loop: str = "auto"
     http: str = "auto"
+    # HTTP/2 beside HTTP/1.1 (only with http == "zttp"): TLS ALPN h2, or the
+    # connection preface on cleartext connections (prior knowledge).
+    http2: bool = False
     ws: str = "auto"
     lifespan: str = "auto"  # auto | on | off
 
@@ -46,6 +49,11 @@ class ServerSettings:
     root_path: str = ""
     proxy_headers: bool = True
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    # --proxy-protocol: every connection starts with a PROXY v1/v2 header from
+    # a peer trusted by proxy_protocol_allow_ips (None: forwarded_allow_ips;
+    # the gunicorn workers map gunicorn's proxy_allow_ips here).
+    proxy_protocol: bool = False
+    proxy_protocol_allow_ips: tuple[str, ...] | None = None
     server_header: bool = True
     date_header: bool = True
     headers: tuple[tuple[str, str], ...] = ()

@@ -60,9 +60,9 @@ def make_ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
             context.set_ciphers(settings.ssl_ciphers)
         except ssl.SSLError as exc:
             raise TLSConfigError(f"--ssl-ciphers {settings.ssl_ciphers!r} selects no cipher: {exc}") from None
-    # Announce HTTP/1.1 so a client offering h2 in ALPN does not guess; we
-    # speak only HTTP/1.1 (WebSocket upgrades included).
-    context.set_alpn_protocols(["http/1.1"])
+    # ALPN: h2 first when HTTP/2 is on (--http zttp --http2), and HTTP/1.1
+    # always, so a client offering h2 never has to guess.
+    context.set_alpn_protocols(["h2", "http/1.1"] if settings.http2 else ["http/1.1"])
     return context
 
 

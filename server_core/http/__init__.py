@@ -11,6 +11,9 @@ from server_core.http.head import HeadLimits
 from server_core.http.reader import MessageReader
 from server_core.settings import ServerSettings
 
+# What an HTTP/2 client sends first on a connection (RFC 9113 §3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 
 def head_limits(settings: ServerSettings) -> HeadLimits:
     """The request-head limits a worker's settings ask for."""

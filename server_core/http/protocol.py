@@ -17,7 +17,7 @@ import socket
 from collections import deque
 from typing import Any, cast
 
-from server_core.http import make_parser
+from server_core.http import H2_PREFACE, make_parser
 from server_core.http import response as resp
 from server_core.http.events import Body, EndOfMessage, ParseError
 from server_core.http.response import ServerHeaders, server_headers, simple_response
@@ -129,6 +129,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        # HTTP/2 on: the first bytes may be the HTTP/2 preface (prior knowledge).
+        self.sniff = settings.http2
+        self._sniffed = b""
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -147,6 +150,11 @@ class HTTPProtocol(asyncio.Protocol):
         self.scheme = "https" if self.tls else "http"
         self.idle_since = self.loop.time()
         self._arm(self.idle_since + self.state.settings.timeout_keep_alive)
+        if self.sniff and self.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._to_h2(b"")
+                return
         if self.state.stopping:
             # Accepted as the worker stops: served like any other connection
             # then — closed at once on a full stop unless its request bytes
@@ -198,6 +206,16 @@ class HTTPProtocol(asyncio.Protocol):
         """Parse the bytes and dispatch the events they complete."""
         if self.lingering:
             return  # the rest of an unread body, after our answer: dropped
+        if self.sniff:
+            data = self._sniffed + data
+            if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+                self._sniffed = data  # too short to tell yet
+                return
+            self.sniff = False
+            self._sniffed = b""
+            if data.startswith(H2_PREFACE):
+                self._to_h2(data)
+                return
         self._dispatch(self.parser.feed(data))
         if self.parser.head_started:
             if self.head_at is None:
@@ -675,7 +693,20 @@ class HTTPProtocol(asyncio.Protocol):
                 self._timer = None
         self._release_drain()
 
-    # -- WebSocket -----------------------------------------------------------------
+    # -- hand-offs ------------------------------------------------------------------
+
+    def _to_h2(self, data: bytes) -> None:
+        """This connection speaks HTTP/2 (ALPN h2, or the preface in ``data``): hand it over."""
+        from server_core.http.h2 import takeover
+
+        assert self.transport is not None
+        self.gone = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.state.connections.discard(self)
+        takeover(self, self.transport, data)
+
 
     def _handoff(self, cycle: HTTPStream) -> None:
         handoff = websocket_handoff()
