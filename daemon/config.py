@@ -387,7 +387,7 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
         if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
             raise ConfigError(f"{_origin('header', sources)}: invalid header {header!r}: expected Name:Value")
         # Sent on every response as given: CR or LF would start a header (or a body) of their own.
-        problem = _header_problem(name.strip(), value.strip())
+        problem = _header_problem(name.strip(), value)
         if problem:
             raise ConfigError(f"{_origin('header', sources)}: invalid header {header!r}: {problem}")
     for item in _split_ips(values["forwarded-allow-ips"]):

@@ -1,9 +1,10 @@
 """Choosing and running the worker's event loop.
 
 ``--loop`` names an implementation: ``auto`` (uvloop when installed, else
-asyncio), ``asyncio`` or ``uvloop``. A name whose package is missing is an
-error that names the package, never a silent fallback: a deployment that asked
-for uvloop and runs on asyncio is slower without anyone knowing why.
+asyncio), ``asyncio``, ``uvloop`` or ``zuvloop`` (its ``new_event_loop``, as
+uvicorn 0.54 does). A name whose package is missing is an error that names the
+package, never a silent fallback: a deployment that asked for uvloop and runs
+on asyncio is slower without anyone knowing why.
 
 :func:`run` drives one coroutine to completion on a fresh loop. It does what
 ``asyncio.Runner`` does (which needs Python 3.11) plus one thing we need: the
@@ -25,7 +26,7 @@ T = TypeVar("T")
 logger = logging.getLogger("corral.error")
 
 # The package each loop implementation needs (so an error can name it).
-LOOP_PACKAGES = {"uvloop": "uvloop", "asyncio": "asyncio"}
+LOOP_PACKAGES = {"uvloop": "uvloop", "zuvloop": "zuvloop", "asyncio": "asyncio"}
 
 # How long leftover tasks get to react to cancellation once the main coroutine
 # has returned; beyond this the loop is closed with them still pending.
@@ -45,7 +46,7 @@ def resolve_loop(name: str) -> str:
             return "asyncio"
         return "uvloop"
     if name not in LOOP_PACKAGES:
-        raise LoopUnavailable(f'Unknown event loop "{name}"; choose auto, asyncio or uvloop.')
+        raise LoopUnavailable(f'Unknown event loop "{name}"; choose auto, asyncio, uvloop or zuvloop.')
     return name
 
 
@@ -62,7 +63,8 @@ def loop_factory(name: str) -> LoopFactory:
         module = importlib.import_module(package)
     except ImportError as exc:
         raise LoopUnavailable(
-            f'--loop {name} needs the "{package}" package, which is not installed ({exc}).'
+            f'--loop {name} needs the "{package}" package, which is not installed '
+            f'(pip install {package}; {exc}).'
         ) from None
     factory: LoopFactory = module.new_event_loop
     return factory

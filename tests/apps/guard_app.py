@@ -2,6 +2,7 @@
 
 Paths:
     /            body "<pid>"
+    /loop        body "<module>.<class>" of the running event loop
     /exit?7      the worker exits at once with that status (os._exit), no answer
     /leak?20     from now on the worker keeps 20 MiB more every second, topped up every 20 ms
                  (touching every page, so it counts in the RSS); answers at once
@@ -44,6 +45,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/leak" and not _leaking:
         _leaking.append(asyncio.get_running_loop().create_task(_leak(float(arg or "20"))))
     body = str(os.getpid()).encode()
+    if path == "/loop":
+        loop = asyncio.get_running_loop()
+        body = f"{type(loop).__module__}.{type(loop).__name__}".encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
