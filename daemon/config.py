@@ -202,6 +202,7 @@ class Config:
             ssl_keyfile=v["ssl-keyfile"], ssl_certfile=v["ssl-certfile"],
             ssl_keyfile_password=v["ssl-keyfile-password"], ssl_version=v["ssl-version"],
             ssl_cert_reqs=v["ssl-cert-reqs"], ssl_ca_certs=v["ssl-ca-certs"], ssl_ciphers=v["ssl-ciphers"],
+            timeout_tls_handshake=v["timeout-tls-handshake"],
             log_level=v["log-level"], log_config=v["log-config"], log_format=v["log-format"],
             use_colors=v["use-colors"], access_log=v["access-log"],
             timeout_worker_healthcheck=v["timeout-worker-healthcheck"],

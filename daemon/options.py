@@ -167,6 +167,8 @@ CORRAL_OPTIONS: tuple[Option, ...] = (
     _o("log-format", "choice", "console", "Renderer for all logs.", choices=("console", "json"),
        uvicorn=False),
     _o("reuse-port", "flag", False, "Set SO_REUSEPORT on listeners corral binds itself.", uvicorn=False),
+    _o("timeout-tls-handshake", "float", 10.0, "A TLS handshake not done within this many seconds is dropped "
+       "(with --ssl-certfile).", metavar="S", uvicorn=False, minimum=0.1),
 )
 
 OPTIONS: tuple[Option, ...] = UVICORN_OPTIONS + CORRAL_OPTIONS

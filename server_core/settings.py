@@ -82,6 +82,9 @@ class ServerSettings:
     ssl_cert_reqs: int = int(ssl.CERT_NONE)
     ssl_ca_certs: str | None = None
     ssl_ciphers: str | None = None
+    # A connection whose TLS handshake is not done within this many seconds is
+    # dropped (asyncio's own default is 60).
+    timeout_tls_handshake: float = 10.0
 
     # Logs.
     log_level: str = "info"

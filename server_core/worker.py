@@ -221,13 +221,17 @@ class WorkerRuntime:
         def factory() -> asyncio.Protocol:
             return HTTPProtocol(state)
 
+        # asyncio refuses a handshake timeout without TLS.
+        tls: dict[str, Any] = {"ssl": self._ssl}
+        if self._ssl is not None:
+            tls["ssl_handshake_timeout"] = self.settings.timeout_tls_handshake
         for sock in self.sockets:
             if sock.type != socket.SOCK_STREAM:
                 raise OSError(f"listener fd {sock.fileno()} is not a stream socket")
             if sock.family == socket.AF_UNIX:
-                server = await self._loop.create_unix_server(factory, sock=sock, ssl=self._ssl, backlog=backlog)
+                server = await self._loop.create_unix_server(factory, sock=sock, backlog=backlog, **tls)
             else:
-                server = await self._loop.create_server(factory, sock=sock, ssl=self._ssl, backlog=backlog)
+                server = await self._loop.create_server(factory, sock=sock, backlog=backlog, **tls)
             self.servers.append(server)
             logger.debug("Accepting on %s", sock.getsockname())
 

@@ -27,6 +27,8 @@ OURS = """bind uds-mode config pid preload timeout-worker-boot limit-worker-memo
 limit-request-fields limit-request-field-size log-format reuse-port control-socket metrics-bind
 shutdown-delay""".split()
 
+OURS += ["timeout-tls-handshake"]
+
 
 def test_every_uvicorn_and_corral_option_is_declared() -> None:
     assert set(UVICORN_054) | set(OURS) == set(BY_NAME)
