@@ -169,6 +169,9 @@ CORRAL_OPTIONS: tuple[Option, ...] = (
     _o("reuse-port", "flag", False, "Set SO_REUSEPORT on listeners corral binds itself.", uvicorn=False),
     _o("timeout-tls-handshake", "float", 10.0, "A TLS handshake not done within this many seconds is dropped "
        "(with --ssl-certfile).", metavar="S", uvicorn=False, minimum=0.1),
+    _o("proxy-protocol", "flag", False, "Every connection starts with a PROXY protocol v1/v2 header (HAProxy "
+       "send-proxy, AWS NLB) from a peer in --forwarded-allow-ips; its source address becomes the client. "
+       "Otherwise the connection is closed unanswered.", uvicorn=False),
 )
 
 OPTIONS: tuple[Option, ...] = UVICORN_OPTIONS + CORRAL_OPTIONS

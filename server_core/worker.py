@@ -221,6 +221,14 @@ class WorkerRuntime:
         def factory() -> asyncio.Protocol:
             return HTTPProtocol(state)
 
+        if self.settings.proxy_protocol:
+            # Each connection's PROXY header first (server_core.proxy_gate);
+            # without the option the factory is untouched.
+            from server_core.proxy_gate import gated
+
+            if self._ssl is not None:
+                raise OSError("--proxy-protocol cannot be combined with TLS (the header precedes the handshake)")
+            factory = gated(state, factory)  # type: ignore[assignment]
         # asyncio refuses a handshake timeout without TLS.
         tls: dict[str, Any] = {"ssl": self._ssl}
         if self._ssl is not None:

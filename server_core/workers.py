@@ -92,6 +92,11 @@ class CorralWorker(Worker):
             "limit_request_fields": cfg.limit_request_fields or UNLIMITED,
             "limit_request_field_size": cfg.limit_request_field_size or UNLIMITED,
             "forwarded_allow_ips": _as_tuple(cfg.forwarded_allow_ips),
+            # gunicorn's --proxy-protocol (off|v1|v2|auto; a bool before 24.1): any
+            # value but off reads v1 and v2. Its --proxy-allow-from says who may send
+            # the header; a UNIX-socket peer needs '*' there (gunicorn trusts it always).
+            "proxy_protocol": getattr(cfg, "proxy_protocol", False) not in (False, None, "off"),
+            "proxy_protocol_allow_ips": _as_tuple(getattr(cfg, "proxy_allow_ips", None) or "127.0.0.1,::1"),
             # gunicorn already applied max_requests_jitter to self.max_requests.
             "limit_max_requests": self.max_requests if cfg.max_requests > 0 else None,
             # Beat several times per gunicorn --timeout (0 disables its check).

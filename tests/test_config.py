@@ -27,6 +27,8 @@ OURS = """bind uds-mode config pid preload timeout-worker-boot limit-worker-memo
 limit-request-fields limit-request-field-size log-format reuse-port control-socket metrics-bind
 shutdown-delay""".split()
 
+OURS += ["proxy-protocol"]
+
 OURS += ["timeout-tls-handshake"]
 
 

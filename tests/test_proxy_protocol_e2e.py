@@ -1,0 +1,291 @@
+"""``--proxy-protocol`` against a running corral, over raw sockets (TCP and UNIX listeners).
+
+Every malformed header shape closes its connection without one byte of
+response, and the same worker goes on serving the next good connection, whose
+client is the one the header names. The head timeout is exercised in-process
+on the real gate with a short ``timeout_request_head`` (the option's default
+is 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from server_core.proxy_gate import gated
+from server_core.proxy_protocol import V2_SIGNATURE
+from server_core.settings import ServerSettings
+from server_core.state import ServerState
+from tests.support import Corral, wait_until, worker_pids
+
+REQUEST = b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n"
+V1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 4711 443\r\n"
+
+
+def v2(command: int = 0x1, family: int = 0x11, payload: bytes | None = None) -> bytes:
+    if payload is None:
+        payload = (ipaddress.IPv4Address("203.0.113.8").packed + ipaddress.IPv4Address("198.51.100.1").packed
+                   + struct.pack("!HH", 4712, 443))
+    return V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(payload)) + payload
+
+
+V2_IPV6 = V2_SIGNATURE + b"\x21\x21" + struct.pack("!H", 36) + ipaddress.IPv6Address("2001:db8::7").packed \
+    + ipaddress.IPv6Address("2001:db8::1").packed + struct.pack("!HH", 4713, 8443)
+V2_UNIX = V2_SIGNATURE + b"\x21\x31" + struct.pack("!H", 216) + b"/run/client.sock".ljust(108, b"\0") \
+    + b"/run/lb.sock".ljust(108, b"\0")
+
+# Each shape the gate must refuse, with nothing answered.
+MALFORMED = {
+    "no header": REQUEST,
+    "v1 bad signature": b"PROXZ TCP4 203.0.113.7 198.51.100.1 4711 443\r\n" + REQUEST,
+    "v1 wrong length": b"PROXY UNKNOWN " + b"x" * 120 + b"\r\n" + REQUEST,
+    "v1 unknown family": b"PROXY TCP9 203.0.113.7 198.51.100.1 4711 443\r\n" + REQUEST,
+    "v1 bad address": b"PROXY TCP4 garbage 198.51.100.1 4711 443\r\n" + REQUEST,
+    "v2 bad signature": b"\r\n\r\n\x00\r\nQUIZ\n" + v2()[12:] + REQUEST,
+    "v2 wrong length": V2_SIGNATURE + b"\x21\x21" + struct.pack("!H", 12) + v2()[16:] + REQUEST,
+    "v2 unknown family": v2(family=0x51) + REQUEST,
+    "v2 unknown command": v2(command=0x7) + REQUEST,
+    "v2 UDP": v2(family=0x12) + REQUEST,
+    "v2 oversized": V2_SIGNATURE + b"\x21\x11\xff\xff" + b"\0" * 64,
+    "header after data": REQUEST + V1,
+    "two headers": V1 + V1 + REQUEST,  # the second one reaches HTTP, which answers 400
+}
+
+
+def talk(connect: Callable[[], socket.socket], *pieces: bytes, pause: float = 0.0, eof: bool = False) -> bytes:
+    """Send ``pieces`` (``pause`` seconds apart); everything received until the server closes."""
+    sock = connect()
+    received = b""
+    try:
+        try:
+            for index, piece in enumerate(pieces):
+                if index and pause:
+                    time.sleep(pause)
+                sock.sendall(piece)
+            if eof:
+                sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we were still sending: the refusal itself
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        sock.close()
+    return received
+
+
+def report(data: bytes) -> dict:
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), data[:300]
+    return json.loads(body)
+
+
+def tcp(server: Corral, source: str | None = None) -> Callable[[], socket.socket]:
+    def connect() -> socket.socket:
+        sock = socket.create_connection((server.host, server.port), timeout=10,
+                                        source_address=(source, 0) if source else None)
+        return sock
+    return connect
+
+
+def unix(path: Path) -> Callable[[], socket.socket]:
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(path))
+        return sock
+    return connect
+
+
+CLOSE = b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def good(connect: Callable[[], socket.socket], header: bytes = V1) -> dict:
+    return report(talk(connect, header + CLOSE))
+
+
+def start(corral: Callable[..., Corral], *args: str, **kw: object) -> Corral:
+    server = corral("int_echo:app", "--proxy-protocol", "--workers", "1", *args, wait=False, **kw)
+    server.wait_log("worker_ready")
+    return server
+
+
+def test_tcp_listener(corral: Callable[..., Corral]) -> None:
+    server = start(corral)
+    connect = tcp(server)
+    worker = wait_until(lambda: worker_pids(server.pid), 10, "the worker", alive=server.dead)
+
+    first = good(connect)
+    assert first["client"] == ["203.0.113.7", 4711] and first["server"] == ["198.51.100.1", 443]
+    v2_report = good(connect, v2())
+    assert v2_report["client"] == ["203.0.113.8", 4712] and v2_report["server"] == ["198.51.100.1", 443]
+    v6 = good(connect, V2_IPV6)
+    assert v6["client"] == ["2001:db8::7", 4713] and v6["server"] == ["2001:db8::1", 8443]
+    # LOCAL (a balancer's health check) and v1 UNKNOWN: the real connection's addresses.
+    for header in (v2(command=0x0, family=0x00, payload=b""), b"PROXY UNKNOWN\r\n"):
+        local = good(connect, header)
+        assert local["client"][0] == "127.0.0.1" and local["server"] == ["127.0.0.1", server.port]
+
+    for name, data in MALFORMED.items():
+        got = talk(connect, data)
+        if name == "two headers":
+            assert got.startswith(b"HTTP/1.1 400 "), got[:200]  # the header was fine; its data is not HTTP
+        else:
+            assert got == b"", f"{name}: answered {got[:200]!r}"
+        assert good(connect)["client"] == ["203.0.113.7", 4711], f"no good connection after {name}"
+
+    # Truncated: the client gives up (half-closes) in the middle of a header.
+    for data in (V1[:20], v2()[:10], v2()[:20]):
+        assert talk(connect, data, eof=True) == b""
+    # Split across reads: every piece alone is incomplete.
+    split = talk(connect, V1[:3], V1[3:30], V1[30:] + CLOSE[:10], CLOSE[10:], pause=0.05)
+    assert report(split)["client"] == ["203.0.113.7", 4711]
+    split = talk(connect, V2_IPV6[:13], V2_IPV6[13:17], V2_IPV6[17:] + CLOSE, pause=0.05)
+    assert report(split)["client"] == ["2001:db8::7", 4713]
+    # Keep-alive: every request of the connection has the header's client.
+    both = talk(connect, V1 + REQUEST + CLOSE)
+    assert both.count(b'"client": ["203.0.113.7", 4711]') == 2, both
+
+    # A peer outside --forwarded-allow-ips (127.0.0.1, ::1 by default): closed before reading.
+    untrusted = tcp(server, source="127.0.0.2")
+    assert talk(untrusted, V1 + CLOSE) == b""
+    assert talk(untrusted, CLOSE) == b""
+
+    assert worker_pids(server.pid) == worker, "the worker was replaced"
+    output = server.output()
+    assert "Traceback" not in output, output[-3000:]
+    assert output.count("further refusals are logged at debug level") == 1
+
+
+def test_tcp_listener_with_the_peer_trusted_by_network(corral: Callable[..., Corral]) -> None:
+    server = start(corral, "--forwarded-allow-ips", "127.0.0.0/30")
+    assert good(tcp(server, source="127.0.0.2"))["client"] == ["203.0.113.7", 4711]
+    assert talk(tcp(server, source="127.0.0.9"), V1 + CLOSE) == b""
+
+
+def test_unix_listener_needs_star(tmp_path: Path, corral: Callable[..., Corral]) -> None:
+    """A UNIX-socket peer has no address: only '*' trusts it, as for proxy headers."""
+    path = tmp_path / "untrusted.sock"
+    server = start(corral, "--uds", str(path), fd=False)
+    connect = unix(path)
+    assert talk(connect, V1 + CLOSE) == b""
+    assert talk(connect, v2() + CLOSE) == b""
+    assert server.dead() is None
+
+
+def test_unix_listener_with_star(tmp_path: Path, corral: Callable[..., Corral]) -> None:
+    path = tmp_path / "trusted.sock"
+    server = start(corral, "--uds", str(path), "--forwarded-allow-ips", "*", fd=False)
+    connect = unix(path)
+    worker = wait_until(lambda: worker_pids(server.pid), 10, "the worker", alive=server.dead)
+    assert good(connect)["client"] == ["203.0.113.7", 4711]
+    assert good(connect, V2_IPV6)["client"] == ["2001:db8::7", 4713]
+    # A UNIX-family header: the client has no address, as on a UNIX socket.
+    assert good(connect, V2_UNIX)["client"] is None
+    # LOCAL: the real peer, a UNIX socket.
+    assert good(connect, v2(command=0x0, family=0x00, payload=b""))["client"] is None
+    for name, data in MALFORMED.items():
+        if name != "two headers":
+            assert talk(connect, data) == b"", name
+        assert good(connect)["client"] == ["203.0.113.7", 4711], f"no good connection after {name}"
+    assert worker_pids(server.pid) == worker
+
+
+def test_without_the_option_a_header_is_not_http(corral: Callable[..., Corral]) -> None:
+    """The default path: no gate, and a PROXY header is an invalid request line."""
+    server = corral("int_echo:app", "--workers", "1")
+    assert talk(tcp(server), V1 + CLOSE).startswith(b"HTTP/1.1 400 ")
+    assert report(talk(tcp(server), CLOSE))["client"][0] == "127.0.0.1"
+
+
+def test_tls_is_refused_at_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not read: the combination is refused first\n")
+    proc = subprocess.run([sys.executable, "-m", "daemon", "m:a", "--proxy-protocol", "--ssl-certfile", str(cert)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "--proxy-protocol" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- the head timeout, in-process on the real gate -----------------------------------
+
+
+def test_a_header_that_does_not_arrive_in_time_is_dropped() -> None:
+    async def scenario() -> tuple[bytes, float, bytes, int]:
+        state = ServerState(settings=ServerSettings(app=None, proxy_protocol=True, timeout_request_head=0.3),
+                            app=None)
+        made: list[asyncio.Protocol] = []
+
+        class Answer(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+                made.append(self)
+                peer = transport.get_extra_info("peername")
+                transport.write(f"peer {peer[0]} {peer[1]}".encode())  # type: ignore[attr-defined]
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(gated(state, Answer), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(V1[:10])
+            began = time.monotonic()
+            slow = await asyncio.wait_for(reader.read(), 5)
+            waited = time.monotonic() - began
+            writer.close()
+            tracked = len(state.connections) + len(made)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(V1)
+            fast = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return slow, waited, fast, tracked
+        finally:
+            server.close()
+
+    slow, waited, fast, counts = asyncio.run(scenario())
+    assert slow == b"" and 0.25 <= waited < 3, waited
+    assert fast == b"peer 203.0.113.7 4711"
+    assert counts == 0  # the refused gate left state.connections; no protocol was made for it
+
+
+def test_a_full_stop_closes_gates_that_received_nothing() -> None:
+    async def scenario() -> tuple[bytes, int]:
+        state = ServerState(settings=ServerSettings(app=None, proxy_protocol=True), app=None)
+        server = await asyncio.get_running_loop().create_server(gated(state, asyncio.Protocol), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.sleep(0.05)
+            waiting = len(state.connections)
+            for conn in list(state.connections):
+                conn.shutdown(False)
+            got = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return got, waiting
+        finally:
+            server.close()
+
+    got, waiting = asyncio.run(scenario())
+    assert waiting == 1 and got == b""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_both_loops_hand_over(corral: Callable[..., Corral], loop: str) -> None:
+    server = start(corral, "--loop", loop)
+    assert good(tcp(server), V2_IPV6)["client"] == ["2001:db8::7", 4713]
+    assert talk(tcp(server), MALFORMED["v2 unknown family"]) == b""
