@@ -36,12 +36,12 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 class WorkerMetrics:
     """Cumulative counters of one worker (since it started) and its current gauges."""
 
-    __slots__ = ("requests", "durations", "duration_sum", "response_bytes", "connections",
+    __slots__ = ("counts", "durations", "duration_sum", "response_bytes", "connections",
                  "connections_total", "websockets", "websockets_total", "started")
 
     def __init__(self) -> None:
-        # {(method, status class index 0..4): count}
-        self.requests: dict[tuple[str, int], int] = {}
+        # {(method, status): count}, by exact status (folded into classes for the master)
+        self.counts: dict[tuple[str, int], int] = {}
         # One slot per bucket bound plus +Inf: NOT cumulative here (cheaper to bump).
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
@@ -56,12 +56,24 @@ class WorkerMetrics:
 
     def record(self, method: str, status: int, size: int, duration: float) -> None:
         """One finished request: its method, response status, body bytes sent and seconds taken."""
-        key = (method if method in METHODS else "other", min(max(status // 100, 1), 5) - 1)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        key = (method, status)
+        counts = self.counts
+        if key in counts:
+            counts[key] += 1
+        else:
+            self._first(method, status)
         self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
         self.duration_sum += duration
         self.response_bytes += size
+
+    def _first(self, method: str, status: int) -> None:
+        # Off the hot path: a (method, status) pair seen for the first time. An
+        # unknown method or an odd status is counted under a bounded key, so a
+        # client cannot grow this dict (or the master's label sets) at will.
+        if method not in METHODS:
+            method = "other"
+        status = min(max(status, 100), 599)
+        self.counts[(method, status)] = self.counts.get((method, status), 0) + 1
 
     def request_started(self) -> None:
         """A request head was accepted and handed to the app (for the in-flight gauge)."""
@@ -85,7 +97,15 @@ class WorkerMetrics:
 
     @property
     def finished(self) -> int:
-        return sum(self.requests.values())
+        return sum(self.counts.values())
+
+    def by_class(self) -> dict[tuple[str, int], int]:
+        """Requests by (method, status class index 0..4: 1xx..5xx)."""
+        out: dict[tuple[str, int], int] = {}
+        for (method, status), count in self.counts.items():
+            key = (method, status // 100 - 1)
+            out[key] = out.get(key, 0) + count
+        return out
 
     @property
     def in_flight(self) -> int:
@@ -102,7 +122,7 @@ class WorkerMetrics:
         """
         data = {
             "n": total_requests,
-            "r": [[method, cls, count] for (method, cls), count in self.requests.items()],
+            "r": [[method, cls, count] for (method, cls), count in self.by_class().items()],
             "d": self.durations,
             "ds": round(self.duration_sum, 6),
             "b": self.response_bytes,
