@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# nginx, curl, systemd-socket-activate and wrk from the system's package manager when missing
+# nginx, HAProxy, curl, systemd-socket-activate and wrk from the system's package manager when missing
 # (only as root; otherwise the tests that need them name the missing tool).
 system-tools:
 	@./tests/install-system-tools.sh

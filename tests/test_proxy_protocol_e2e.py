@@ -289,3 +289,27 @@ def test_both_loops_hand_over(corral: Callable[..., Corral], loop: str) -> None:
     server = start(corral, "--loop", loop)
     assert good(tcp(server), V2_IPV6)["client"] == ["2001:db8::7", 4713]
     assert talk(tcp(server), MALFORMED["v2 unknown family"]) == b""
+
+
+def test_a_websocket_behind_the_header_has_the_headers_client(corral: Callable[..., Corral]) -> None:
+    """The WebSocket hand-off takes the same transport: its access-log line names the header's client."""
+    server = start(corral)
+    sock = tcp(server)()
+    try:
+        sock.sendall(V2_IPV6 + b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+        # A masked text frame "hi"; the echo comes back unmasked.
+        sock.sendall(b"\x81\x82" + b"\x01\x02\x03\x04" + bytes(c ^ k for c, k in zip(b"hi", b"\x01\x02", strict=True)))
+        echo = answer.partition(b"\r\n\r\n")[2]
+        while len(echo) < 4:
+            echo += sock.recv(4096)
+        assert echo[:4] == b"\x81\x02hi"
+    finally:
+        sock.close()
+    server.wait_log('[2001:db8::7]:4713 - "GET /ws HTTP/1.1" 101')
