@@ -313,3 +313,74 @@ def test_a_websocket_behind_the_header_has_the_headers_client(corral: Callable[.
     finally:
         sock.close()
     server.wait_log('[2001:db8::7]:4713 - "GET /ws HTTP/1.1" 101')
+
+
+@pytest.mark.parametrize("http", ["h11", "zttp"])
+def test_every_http1_parser_sits_behind_the_gate(corral: Callable[..., Corral], http: str) -> None:
+    pytest.importorskip(http)
+    server = start(corral, "--http", http)
+    assert good(tcp(server), V2_IPV6)["client"] == ["2001:db8::7", 4713]
+    assert talk(tcp(server), MALFORMED["v1 bad signature"]) == b""
+    assert good(tcp(server))["client"] == ["203.0.113.7", 4711]
+
+
+def test_http2_prior_knowledge_behind_the_gate(corral: Callable[..., Corral]) -> None:
+    """HTTP/2 (zttp, cleartext prior knowledge) starts after the header and sees its client."""
+    pytest.importorskip("zttp")
+    h2 = pytest.importorskip("h2.connection")
+    events = pytest.importorskip("h2.events")
+    server = start(corral, "--http", "zttp", "--http2")
+    sock = tcp(server)()
+    try:
+        conn = h2.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/whoami"), (":scheme", "http"),
+                              (":authority", "x")], end_stream=True)
+        sock.sendall(V1 + conn.data_to_send())
+        body, ended = b"", False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "closed before the response ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, events.StreamEnded):
+                    ended = True
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    found = json.loads(body)
+    assert found["client"] == ["203.0.113.7", 4711] and found["http_version"] == "2"
+
+
+def test_gunicorn_worker_reads_the_header(tmp_path: Path) -> None:
+    """gunicorn -k CorralWorker --proxy-protocol --proxy-allow-from: gunicorn's two settings carry over."""
+    import sys
+
+    from tests.support import ROOT, Proc, bound_socket
+
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    sock = bound_socket()
+    proc = Proc([gunicorn, "-k", "server_core.workers.CorralWorker", "--bind", f"fd://{sock.fileno()}",
+                 "--no-control-socket", "--proxy-protocol", "--proxy-allow-from", "127.0.0.1",
+                 "tests.apps.int_echo:app"], tmp_path, pass_fds=(sock.fileno(),), cwd=ROOT, name="gunicorn")
+    try:
+        host, port = sock.getsockname()[:2]
+
+        def connect() -> socket.socket:
+            return socket.create_connection((host, port), timeout=10)
+
+        def served() -> dict | None:
+            try:
+                return report(talk(connect, V2_IPV6 + CLOSE))
+            except (OSError, AssertionError):
+                return None
+
+        assert wait_until(served, 30, "gunicorn serving", alive=proc.dead)["client"] == ["2001:db8::7", 4713]
+        assert talk(connect, CLOSE) == b""
+        assert talk(lambda: socket.create_connection((host, port), timeout=10, source_address=("127.0.0.2", 0)),
+                    V1 + CLOSE) == b""
+    finally:
+        proc.kill()
+        sock.close()
