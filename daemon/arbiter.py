@@ -532,6 +532,7 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
     try:
         arbiter = Arbiter(config, listeners, notify=notify, app=app, upgrade=upgrader)
         upgrader.report = arbiter.upgrade_outcome
+        arbiter.totals.take_inherited(keep=resumed is not None)
         try:
             sidecars = open_sidecars(arbiter, config)
         except Exception as exc:  # SidecarError: one line; anything else as well, never half-started

@@ -18,6 +18,7 @@ socket, ``sock_diag`` (``UNIX_DIAG_RQLEN``) gives the same two numbers.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -32,6 +33,15 @@ RESTART_REASONS = ("crash", "heartbeat", "memory", "max-requests", "hup", "upgra
 # Exits that are not restarts: the master stops, or fewer workers are wanted.
 NOT_RESTARTS = frozenset({"shutdown", "quit", "ttou", "winch"})
 COUNTER_KEYS = ("duration_sum", "response_bytes", "connections_total", "websockets_total", "total")
+# The totals of the dead cross the USR2 re-exec in the environment (only the exec sees it).
+TOTALS_VAR = "CORRAL_METRICS_TOTALS"
+
+
+def _drop_totals() -> None:
+    os.environ.pop(TOTALS_VAR, None)
+
+
+os.register_at_fork(after_in_child=_drop_totals)
 
 
 class Totals:
@@ -55,6 +65,30 @@ class Totals:
         reason = reason or "boot-failed"
         if reason not in NOT_RESTARTS:
             self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        # Kept ready for an exec in place (USR2): a few hundred bytes, once per worker exit.
+        os.environ[TOTALS_VAR] = self.to_json()
+
+    def to_json(self) -> str:
+        return json.dumps({"requests": [[m, c, n] for (m, c), n in self.requests.items()],
+                           "durations": self.durations, "counters": self.counters,
+                           "restarts": self.restarts}, separators=(",", ":"))
+
+    def take_inherited(self, keep: bool) -> None:
+        """Continue from the totals the previous image left (``keep``: this image was re-executed)."""
+        text = os.environ.pop(TOTALS_VAR, None)
+        if not keep or not text:
+            return
+        try:
+            data = json.loads(text)
+            requests = {(str(m), int(c)): int(n) for m, c, n in data["requests"]}
+            durations = [int(x) for x in data["durations"]]
+            counters = {key: float(data["counters"][key]) for key in COUNTER_KEYS}
+            restarts = {str(k): int(v) for k, v in data["restarts"].items()}
+        except (ValueError, TypeError, KeyError):
+            return
+        if len(durations) == len(self.durations):
+            self.requests, self.durations, self.counters = requests, durations, counters
+            self.restarts.update(restarts)
 
     def combined(self, live: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
         """Totals of the dead plus the snapshots of the living."""

@@ -182,8 +182,13 @@ def test_reload_waits_for_the_roll_and_fails_on_a_broken_config(corral: Start, t
 
 
 def test_upgrade_waits_keeps_the_socket_and_reports_a_rollback(corral: Start, tmp_path: Path) -> None:
-    proc, sock = start_ops(corral, tmp_path, "--no-access-log")
+    port = free_port()
+    proc, sock = start_ops(corral, tmp_path, "--no-access-log", "--metrics-bind", f"127.0.0.1:{port}")
     before = worker_pids(proc.pid)
+    for _ in range(3):
+        assert httpx.get(proc.url + "/", timeout=5).status_code == 200
+    wait_until(lambda: sample(scrape(port).text, "corral_requests_started_total") == 3, 10, "3 requests")
+    assert corralctl("-s", str(sock), "reload").returncode == 0  # the first workers' counts: the dead's totals
     done = corralctl("-s", str(sock), "upgrade")
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "upgrade done" in done.stdout
@@ -191,6 +196,11 @@ def test_upgrade_waits_keeps_the_socket_and_reports_a_rollback(corral: Start, tm
     assert status["pid"] == proc.pid and status["upgraded"]
     assert status["last_action"]["kind"] == "upgrade" and status["last_action"]["result"] == "done"
     assert len(ready_workers(sock)) == 2 and not worker_pids(proc.pid) & before
+    # The metrics listener came along, and the counters went on from where they were.
+    text = scrape(port).text
+    assert sample(text, "corral_requests_started_total") == 3
+    assert sample(text, "corral_worker_restarts_total", reason="hup") == 2
+    assert sample(text, "corral_worker_restarts_total", reason="upgrade") == 2
 
     module = tmp_path / "ops_app.py"
     good = module.read_text()
@@ -318,9 +328,12 @@ def test_listen_backlog_counts_connections_nobody_accepted(corral: Start, tmp_pa
     port = free_port()
     proc, _sock = start_ops(corral, tmp_path, "--metrics-bind", f"127.0.0.1:{port}",
                             "--timeout-worker-healthcheck", "60", workers=1)
-    blocker = threading.Thread(target=lambda: httpx.get(proc.url + "/block?4", timeout=20), daemon=True)
+    blocker = threading.Thread(target=lambda: httpx.get(proc.url + "/block?8", timeout=30), daemon=True)
     blocker.start()
-    time.sleep(0.5)
+
+    def blocked() -> bool:  # beats every second when its loop turns
+        return (sample(scrape(port).text, "corral_worker_heartbeat_age_seconds") or 0) > 1.5
+    wait_until(blocked, 10, "the worker's loop blocked")
     waiting = [socket.create_connection((proc.host, proc.port)) for _ in range(5)]
     try:
         text = scrape(port).text
@@ -400,7 +413,7 @@ def test_readyz_turns_503_at_the_first_moment_of_a_stop(corral: Start, tmp_path:
     slow.start()
     proc.wait_log("master_app: sleeping")
     proc.signal(signal.SIGTERM)
-    proc.wait_log("shutdown")
+    proc.wait_log("mode=term")
     # The master is still draining (3 s request): /livez answers, /readyz says no.
     answer = scrape(port, "/readyz")
     assert answer.status_code == 503 and answer.text == "stopping\n"
@@ -445,7 +458,7 @@ def test_shutdown_delay_keeps_serving_new_connections_after_term(corral: Start, 
     term_at[0] = time.monotonic()
     proc.signal(signal.SIGTERM)
     # Not ready at once...
-    wait_until(lambda: scrape(port, "/readyz").status_code == 503, 0.5, "/readyz 503 right after TERM")
+    wait_until(lambda: scrape(port, "/readyz").status_code == 503, 2, "/readyz 503 right after TERM")
     before = successes[0]
     # ...while everything still works for the delay (minus a margin for a slow machine).
     end = term_at[0] + delay - 0.5
