@@ -534,3 +534,25 @@ def test_as_pid_1_orphans_are_reaped_quietly_and_never_counted(procs: Callable[.
 
     os.kill(master.pid, signal.SIGTERM)
     assert proc.wait_exit(30) == 0
+
+
+def test_open_connections_and_websockets_in_the_metrics(corral: Start, tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    port = free_port()
+    proc = corral("ws_echo:app", "--workers", "1", "--metrics-bind", f"127.0.0.1:{port}", wait=False)
+    proc.wait_log("worker_ready")
+    with connect(f"ws://{proc.host}:{proc.port}/echo") as first, \
+            connect(f"ws://{proc.host}:{proc.port}/echo") as second:
+        first.send("hello")
+        assert first.recv(timeout=5) == "hello" and second is not None
+        idle = socket.create_connection((proc.host, proc.port))  # an HTTP connection, no request yet
+
+        def counted() -> bool:
+            text = scrape(port).text
+            return sample(text, "corral_websockets_open") == 2 and sample(text, "corral_connections_open") == 3
+        wait_until(counted, 10, "2 WebSockets and 3 connections open in the metrics")
+        idle.close()
+    wait_until(lambda: sample(scrape(port).text, "corral_websockets_open") == 0, 10, "the WebSockets closed")
+    text = scrape(port).text
+    assert sample(text, "corral_websockets_total") == 2
