@@ -556,3 +556,40 @@ def test_open_connections_and_websockets_in_the_metrics(corral: Start, tmp_path:
     wait_until(lambda: sample(scrape(port).text, "corral_websockets_open") == 0, 10, "the WebSockets closed")
     text = scrape(port).text
     assert sample(text, "corral_websockets_total") == 2
+
+
+def test_metrics_on_a_unix_socket(corral: Start, tmp_path: Path) -> None:
+    path = tmp_path / "metrics.sock"
+    proc = corral("master_app:app", "--uds", str(tmp_path / "app.sock"), "--metrics-bind", f"unix:{path}",
+                  fd=False, wait=False)
+    proc.wait_log("worker_ready")
+    transport = httpx.HTTPTransport(uds=str(path))
+    with httpx.Client(transport=transport, base_url="http://corral") as client:
+        assert client.get("/readyz").status_code == 200
+        text = client.get("/metrics").text
+    # The app's UNIX listener has a backlog too (read through sock_diag).
+    assert sample(text, "corral_listen_backlog", listener=f"unix:{tmp_path / 'app.sock'}") == 0, text
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit(30) == 0
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--metrics-bind", "fd://3"], "expected HOST:PORT or unix:PATH"),
+    (["--metrics-bind", "localhost"], "expected HOST:PORT"),
+    (["--control-socket", "/nonexistent/dir/ctl.sock"], "no such directory"),
+    (["--shutdown-delay", "-1"], "must be at least 0"),
+])
+def test_bad_operating_options_exit_2_before_binding(args: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "daemon", "master_app:app", "--app-dir", str(APPS), *args],
+                          capture_output=True, text=True, timeout=30 * FACTOR)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_control_socket_in_use_is_a_one_line_error(corral: Start, tmp_path: Path) -> None:
+    _proc, sock = start_ops(corral, tmp_path, workers=1)
+    second = corral("master_app:app", "--control-socket", str(sock), wait=False)
+    assert second.wait_exit(30) == 1
+    assert "address already in use" in second.output() and "Traceback" not in second.output()
+    assert ctl_json(sock, "status")["workers"]["ready"] == 1  # the first one is untouched
