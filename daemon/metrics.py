@@ -138,7 +138,8 @@ def unix_backlog(sock: socket.socket) -> tuple[int, int] | None:
     except (OSError, AttributeError):
         return None
     try:
-        nl.settimeout(0.5)
+        # The kernel answers within send(): never wait for it (the master's loop must not block).
+        nl.setblocking(False)
         # struct unix_diag_req: family, protocol, pad16, states, ino, show, cookie[2]
         req = struct.pack("=BBHIII2I", socket.AF_UNIX, 0, 0, 1 << TCP_LISTEN, inode, UDIAG_SHOW_RQLEN, 0xFFFFFFFF,
                           0xFFFFFFFF)
