@@ -93,7 +93,7 @@ def test_memory_limit_catches_a_20mb_per_second_leak_within_10_percent(corral: S
     assert psutil.Process(leaker).memory_info().rss < limit * MIB // 2
     assert httpx.get(proc.url + "/leak?20", timeout=10 * FACTOR).text == str(leaker)
     proc.wait_log("reason=memory", timeout=30)
-    (line,) = lines_with(proc, "reason=memory")
+    (line,) = [line for line in lines_with(proc, "worker_recycle") if "reason=memory" in line]
     found = re.search(r"rss_mib=(\d+)", line)
     assert found, line
     rss_mib = int(found.group(1))
