@@ -5,8 +5,8 @@ recorded as an :class:`Action` the moment they arrive, then finished by the
 master when their outcome is known: ``done``, ``refused`` (the new
 configuration is invalid: nothing changed), ``rolled-back`` (the new
 generation could not become ready: the old one keeps serving), ``ignored``
-(the master is stopping, or an upgrade is already in flight), or
-``superseded`` (a later reload took over; ``by`` names it). ``corralctl``
+(the master is stopping, or an upgrade is already in flight), ``interrupted``
+(the master began to stop before the roll ended), or ``superseded`` (a later reload took over; ``by`` names it). ``corralctl``
 polls ``status`` for its action's result; ``status`` also shows the last one.
 Pure bookkeeping: no I/O.
 """
@@ -17,10 +17,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-RUNNING, DONE, REFUSED, ROLLED_BACK, IGNORED, SUPERSEDED = (
-    "running", "done", "refused", "rolled-back", "ignored", "superseded")
+RUNNING, DONE, REFUSED, ROLLED_BACK, IGNORED, SUPERSEDED, INTERRUPTED = (
+    "running", "done", "refused", "rolled-back", "ignored", "superseded", "interrupted")
 # Results after which the action is over (and whether that is a success).
-FINISHED = {DONE: True, SUPERSEDED: True, REFUSED: False, ROLLED_BACK: False, IGNORED: False}
+FINISHED = {DONE: True, SUPERSEDED: True, REFUSED: False, ROLLED_BACK: False, IGNORED: False, INTERRUPTED: False}
 KEEP = 20  # actions remembered
 
 

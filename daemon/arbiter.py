@@ -250,10 +250,10 @@ class Arbiter(Pool):
         super()._stop(mode)
 
     def _finish_actions(self, reason: str) -> None:
-        from daemon.actions import ROLLED_BACK
+        from daemon.actions import INTERRUPTED
 
         for action in list(self.actions.items):
-            self.actions.finish(action, ROLLED_BACK, reason)
+            self.actions.finish(action, INTERRUPTED, reason)
 
     def on_interrupt(self) -> None:
         """INT: as TERM; a second INT is QUIT (Ctrl-C twice)."""
