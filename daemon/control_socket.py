@@ -43,6 +43,7 @@ log = structlog.get_logger("corral.master")
 MODE = 0o600
 MAX_REQUEST = 4096
 SECRET_OPTIONS = frozenset({"ssl-keyfile-password"})
+READ_ONLY = frozenset({"ping", "status", "workers", "action"})
 
 
 def open_control(arbiter: Any, path: str) -> Server:
@@ -116,7 +117,9 @@ class ControlHandler:
             answer = method(request)
         except ValueError as exc:
             answer = {"ok": False, "error": str(exc)}
-        log.info("control_command", cmd=cmd, ok=answer.get("ok"))
+        # What changes something is logged; the polling of a waiting corralctl is not.
+        (log.debug if cmd in READ_ONLY else log.info)("control_command", cmd=cmd, ok=answer.get("ok"),
+                                                      error=answer.get("error"))
         return self._encode(answer)
 
     @staticmethod
