@@ -89,7 +89,17 @@ def _running(tasks: set[asyncio.Task[Any]]) -> int:
 
 
 class HTTPProtocol(asyncio.Protocol):
-    """One client connection speaking HTTP/1.1 (httptools or h11 underneath)."""
+    """One client connection speaking HTTP/1.1 (httptools, h11 or zttp underneath)."""
+
+    # Slots: CPython keeps a shared-key instance dict only up to 30 names, and
+    # attribute access on this hot object gets slower past it.
+    __slots__ = (
+        "state", "loop", "ws_enabled", "parser", "trust", "transport", "client", "server", "scheme", "tls",
+        "cycle", "receiving", "queue", "keep_alive", "framing", "length_left", "broken",
+        "buffered", "read_paused", "write_paused", "_drain_waiters", "_pending", "_pending_size",
+        "closing", "retiring", "gone", "lingering", "client_eof", "head_at", "idle_since",
+        "_timer", "_timer_when", "sniff", "_sniffed",
+    )
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
