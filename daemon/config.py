@@ -360,7 +360,7 @@ def _resolve_implementations(values: dict[str, Any], sources: Mapping[str, str])
         _need(http, f"--http {http} ({_origin('http', sources)})")
     if values["http2"] and values["http"] != "zttp":
         # uvicorn's words (--http2 alone is a usage error there too).
-        raise ConfigError(f"--http2 ({_origin('http2', sources)}): HTTP/2 requires the `zttp` HTTP protocol. "
+        raise ConfigError(f"{_origin('http2', sources)}: HTTP/2 requires the `zttp` HTTP protocol. "
                           "Install it with `pip install zttp`, then select it with `--http zttp`.")
     ws = values["ws"]
     if ws == "auto":

@@ -102,9 +102,9 @@ def test_env_fallbacks() -> None:
     ({}, {}, 'forwarded-allow-ips = "10.0.0.300"', "'10.0.0.300' is not an IP address"),
     ({}, {}, "[[", "not valid TOML"),
     ({"reload": True, "workers": 2}, {}, "", "--reload and --workers 2 cannot be used together"),
-    ({"http": "zttp"}, {}, "", "needs the 'zttp' package"),
     ({"loop": "zuvloop"}, {}, "", "needs the 'zuvloop' package"),
-    ({"http2": True}, {}, "", "--http2 (it requires --http zttp) needs the 'zttp' package"),
+    ({"http2": True}, {}, "", "--http2: HTTP/2 requires the `zttp` HTTP protocol"),
+    ({"http": "h11"}, {"CORRAL_HTTP2": "true"}, "", "environment variable CORRAL_HTTP2: HTTP/2 requires the `zttp` HTTP protocol"),
     ({"ssl-certfile": "/nonexistent.pem"}, {}, "", "--ssl-certfile: no such file '/nonexistent.pem'"),
     ({"uds-mode": "9"}, {}, "", "invalid value '9' for --uds-mode: expected an octal mode"),
 ])
@@ -119,6 +119,13 @@ def test_errors_name_their_source(tmp_path: Path, line: dict, env: dict, file: s
     assert message in str(info.value)
     if file and "TOML" not in message:
         assert str(tmp_path / "bad.toml") in str(info.value)
+
+
+def test_http_zttp_and_http2_resolve_to_the_zttp_stack() -> None:
+    config = build_config({"http": "zttp", "http2": True}, {}, app="m:a")
+    settings = config.server_settings()
+    assert (settings.http, settings.http2) == ("zttp", True)
+    assert build_config({}, {}, app="m:a").server_settings().http2 is False
 
 
 def test_app_errors() -> None:
