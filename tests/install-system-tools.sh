@@ -7,6 +7,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "install-system-tools: missing ${need[*]} (not root or no apt-get: tests needing them will say so)" >&2
