@@ -161,7 +161,7 @@ def _v1_address(text: bytes, version: int) -> str:
         raise ProxyHeaderError(f"v1 header with an invalid address {text[:40]!r}") from None
     if address.version != version:
         raise ProxyHeaderError(f"v1 header with an IPv{address.version} address for TCP{version}")
-    return str(address)
+    return _text(address)
 
 
 def _v1_port(text: bytes) -> int:
@@ -214,10 +214,17 @@ def _v2(buf: bytes) -> tuple[ProxyHeader, bytes] | None:
         destination = (str(ipaddress.IPv4Address(payload[4:8])), int.from_bytes(payload[10:12], "big"))
         return ProxyHeader(2, PROXY, source, destination), rest
     if family == _AF_INET6:
-        source6 = (str(ipaddress.IPv6Address(payload[0:16])), int.from_bytes(payload[32:34], "big"))
-        destination6 = (str(ipaddress.IPv6Address(payload[16:32])), int.from_bytes(payload[34:36], "big"))
+        source6 = (_text(ipaddress.IPv6Address(payload[0:16])), int.from_bytes(payload[32:34], "big"))
+        destination6 = (_text(ipaddress.IPv6Address(payload[16:32])), int.from_bytes(payload[34:36], "big"))
         return ProxyHeader(2, PROXY, source6, destination6), rest
     return ProxyHeader(2, PROXY, _unix_path(payload[:_UNIX_PATH]), _unix_path(payload[_UNIX_PATH:size])), rest
+
+
+def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as text; an IPv4-mapped IPv6 address (a dual-stack balancer's IPv4 client) as IPv4."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _unix_path(raw: bytes) -> str:

@@ -139,6 +139,14 @@ def test_v2_proxy_tcp6() -> None:
     assert rest == b""
 
 
+def test_ipv4_mapped_addresses_are_reported_as_ipv4() -> None:
+    """A dual-stack balancer sends its IPv4 clients as ::ffff:a.b.c.d: the app sees a.b.c.d."""
+    header, _ = parse(b"PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 1 2\r\n")  # type: ignore[misc]
+    assert header.source == ("192.0.2.1", 1) and header.destination == ("2001:db8::2", 2)
+    header, _ = parse(v2(family=0x21, payload=ipv6("::ffff:192.0.2.1", "::ffff:198.51.100.2", 1, 2)))  # type: ignore[misc]
+    assert header.source == ("192.0.2.1", 1) and header.destination == ("198.51.100.2", 2)
+
+
 def test_v2_unix_stream() -> None:
     header, _ = parse(v2(family=0x31, payload=unix(b"/run/client.sock", b"/run/haproxy.sock")))  # type: ignore[misc]
     assert header == ProxyHeader(2, "PROXY", "/run/client.sock", "/run/haproxy.sock")
