@@ -70,8 +70,11 @@ UVICORN_OPTIONS: tuple[Option, ...] = (
     _o("workers", "int", None, "Number of worker processes. Defaults to the $WEB_CONCURRENCY environment "
        "variable if available, or 1. Not valid with --reload.", env_fallback=("WEB_CONCURRENCY",), minimum=1),
     _o("loop", "choice", "auto", "Event loop implementation.", choices=("auto", "asyncio", "uvloop", "zuvloop")),
-    _o("http", "choice", "auto", "HTTP protocol implementation.", choices=("auto", "h11", "httptools", "zttp")),
-    _o("http2", "flag", False, "Enable HTTP/2 support. Requires --http zttp."),
+    _o("http", "choice", "auto", "HTTP protocol implementation: httptools (auto, when installed), h11 (pure "
+       "Python) or zttp (the zttp package; HTTP/2 too with --http2). All three refuse the same requests.",
+       choices=("auto", "h11", "httptools", "zttp")),
+    _o("http2", "flag", False, "Enable HTTP/2 support. Requires --http zttp. Cleartext HTTP/2 with prior "
+       "knowledge and, over TLS, ALPN h2, beside HTTP/1.1 on the same listeners."),
     _o("ws", "choice", "auto", "WebSocket protocol implementation.",
        choices=("auto", "none", "websockets", "websockets-sansio", "wsproto")),
     _o("ws-max-size", "int", 16777216, "WebSocket max size message in bytes.", minimum=1),
@@ -157,6 +160,10 @@ CORRAL_OPTIONS: tuple[Option, ...] = (
        uvicorn=False, minimum=1),
     _o("limit-request-field-size", "int", 8190, "Longest header field accepted (longer: 431).", uvicorn=False,
        minimum=16),
+    _o("limit-request-head-size", "int", 65536, "Most bytes of a request head (request line and fields), complete "
+       "or not (more: 431).", uvicorn=False, minimum=64),
+    _o("timeout-request-body", "float", 60.0, "Longest wait, in seconds, for the next piece of a request body "
+       "the app is waiting for (then 408 and close).", metavar="S", uvicorn=False, minimum=0.1),
     _o("control-socket", "path", None, "UNIX socket (mode 0600) on which the master answers corralctl "
        "(status, workers, reload, upgrade, scale, stop, reopen-logs).", metavar="PATH", uvicorn=False),
     _o("metrics-bind", "str", None, "Serve Prometheus /metrics, /livez and /readyz from the master on "
