@@ -27,6 +27,7 @@ from typing import Any
 # defaults, plus 30 s and 60 s for slow endpoints); +Inf is implicit.
 DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
                                        1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
+FIRST_BOUND = DURATION_BUCKETS[0]
 # Methods kept as their own label; anything else is counted as "other" (a
 # client cannot blow up the master's label sets with made-up methods).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -34,57 +35,62 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class WorkerMetrics:
-    """Cumulative counters of one worker (since it started) and its current gauges."""
+    """Cumulative counters of one worker (since it started); gauges are read at snapshot time."""
 
-    __slots__ = ("counts", "durations", "duration_sum", "response_bytes", "connections",
-                 "connections_total", "websockets", "websockets_total", "started")
+    __slots__ = ("rows", "durations", "duration_sum", "response_bytes", "connections_total", "websockets",
+                 "websockets_total")
 
     def __init__(self) -> None:
-        # {(method, status): count}, by exact status (folded into classes for the master)
-        self.counts: dict[tuple[str, int], int] = {}
+        # {method: [count by status // 100, 0..9]}: a str key (its hash is cached) and a list
+        # index cost less than a (method, status) tuple key. Folded into 1xx..5xx for the master.
+        self.rows: dict[str, list[int]] = {}
         # One slot per bucket bound plus +Inf: NOT cumulative here (cheaper to bump).
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
         self.response_bytes = 0
-        self.connections = 0  # open now (HTTP, including those upgraded to WebSocket)
         self.connections_total = 0
         self.websockets = 0  # open now
         self.websockets_total = 0
-        self.started = 0  # requests begun (request_started); in flight = started - finished
 
     # -- the hot path ----------------------------------------------------------
 
     def record(self, method: str, status: int, size: int, duration: float) -> None:
-        """One finished request: its method, response status, body bytes sent and seconds taken."""
-        key = (method, status)
-        counts = self.counts
-        if key in counts:
-            counts[key] += 1
+        """One finished request: its method, response status, body bytes sent and seconds taken.
+
+        Call it once per response, whatever the outcome (the app's, a 4xx/5xx of the server, a
+        499 for a client that left). It never raises.
+        """
+        row = self.rows.get(method)
+        if row is None:
+            row = self._row(method)
+        try:
+            row[status // 100] += 1
+        except IndexError:  # not a 3-digit status: counted as a server error
+            row[5] += 1
+        if duration <= FIRST_BOUND:  # most requests: skip the bisect call
+            self.durations[0] += 1
         else:
-            self._first(method, status)
-        self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+            self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
         self.duration_sum += duration
         self.response_bytes += size
 
-    def _first(self, method: str, status: int) -> None:
-        # Off the hot path: a (method, status) pair seen for the first time. An
-        # unknown method or an odd status is counted under a bounded key, so a
-        # client cannot grow this dict (or the master's label sets) at will.
+    def _row(self, method: str) -> list[int]:
+        # Off the hot path: a method seen for the first time. Unknown methods share the
+        # "other" row (and are never cached under their own name), so a client cannot grow
+        # this dict, or the master's label sets, at will.
         if method not in METHODS:
             method = "other"
-        status = min(max(status, 100), 599)
-        self.counts[(method, status)] = self.counts.get((method, status), 0) + 1
-
-    def request_started(self) -> None:
-        """A request head was accepted and handed to the app (for the in-flight gauge)."""
-        self.started += 1
+        row = self.rows.get(method)
+        if row is None:
+            row = self.rows[method] = [0] * 10
+        return row
 
     def connection_opened(self) -> None:
-        self.connections += 1
+        """A connection was accepted (open connections are ``len(state.connections)``)."""
         self.connections_total += 1
 
     def connection_closed(self) -> None:
-        self.connections -= 1
+        """A connection ended (nothing to count: kept so the protocols' calls come in pairs)."""
 
     def websocket_opened(self) -> None:
         self.websockets += 1
@@ -95,30 +101,27 @@ class WorkerMetrics:
 
     # -- reporting -------------------------------------------------------------
 
-    @property
-    def finished(self) -> int:
-        return sum(self.counts.values())
-
     def by_class(self) -> dict[tuple[str, int], int]:
-        """Requests by (method, status class index 0..4: 1xx..5xx)."""
+        """Requests by (method, status class index 0..4: 1xx..5xx); odd statuses count as 5xx."""
         out: dict[tuple[str, int], int] = {}
-        for (method, status), count in self.counts.items():
-            key = (method, status // 100 - 1)
-            out[key] = out.get(key, 0) + count
+        for method, row in self.rows.items():
+            for hundred, count in enumerate(row):
+                if count:
+                    key = (method, hundred - 1 if 1 <= hundred <= 5 else 4)
+                    out[key] = out.get(key, 0) + count
         return out
 
     @property
-    def in_flight(self) -> int:
-        # Zero when the protocol does not call request_started.
-        return max(0, self.started - self.finished)
+    def finished(self) -> int:
+        return sum(sum(row) for row in self.rows.values())
 
-    def snapshot(self, total_requests: int = 0, open_connections: int | None = None) -> str:
+    def snapshot(self, total_requests: int = 0, open_connections: int = 0, tasks: int = 0) -> str:
         """The compact JSON text sent to the master (well below PIPE_BUF).
 
-        ``total_requests`` is ``ServerState.total_requests`` (requests begun,
-        counted by the protocols anyway); ``open_connections`` is
-        ``len(ServerState.connections)``, the truth about open connections
-        whether or not the protocol calls ``connection_opened``.
+        ``total_requests`` is ``ServerState.total_requests`` (request heads handed to the app,
+        counted by the protocols anyway), ``open_connections`` ``len(ServerState.connections)``
+        and ``tasks`` ``len(ServerState.tasks)`` (running ASGI calls; minus the open WebSocket
+        sessions, the requests in flight): gauges read here cost the hot path nothing.
         """
         data = {
             "n": total_requests,
@@ -126,11 +129,11 @@ class WorkerMetrics:
             "d": self.durations,
             "ds": round(self.duration_sum, 6),
             "b": self.response_bytes,
-            "c": self.connections if open_connections is None else open_connections,
+            "c": open_connections,
             "ct": self.connections_total,
             "w": self.websockets,
             "wt": self.websockets_total,
-            "f": self.in_flight,
+            "f": max(0, tasks - self.websockets),
         }
         return json.dumps(data, separators=(",", ":"))
 

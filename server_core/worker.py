@@ -256,7 +256,7 @@ class WorkerRuntime:
         """The counters to the master (server_core.metrics), when it listens for them."""
         state, send = self.state, getattr(self.control, "stats", None)
         if state is not None and send is not None:
-            send(state.metrics.snapshot(state.total_requests, len(state.connections)))
+            send(state.metrics.snapshot(state.total_requests, len(state.connections), len(state.tasks)))
 
     def _tick_date(self, state: ServerState) -> None:
         """Refresh the encoded Date header once a second, at the second's edge."""

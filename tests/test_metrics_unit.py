@@ -11,20 +11,21 @@ from server_core.metrics import DURATION_BUCKETS, WorkerMetrics, parse_snapshot
 def test_record_and_snapshot_round_trip() -> None:
     metrics = WorkerMetrics()
     metrics.connection_opened()
-    metrics.request_started()
-    metrics.request_started()
     metrics.record("GET", 200, 12, 0.003)
     metrics.record("GET", 404, 9, 0.2)
     metrics.record("BREW", 503, 0, 99.0)  # made-up method: "other"; past the last bound: +Inf
     metrics.websocket_opened()
-    stats = parse_snapshot(metrics.snapshot(total_requests=3, open_connections=4))
+    metrics.record("GET", 1200, 0, 0.003)  # not a 3-digit status: a server error, never an exception
+    metrics.record("PUT", -1, 0, 0.003)
+    stats = parse_snapshot(metrics.snapshot(total_requests=3, open_connections=4, tasks=3))
     assert stats is not None
-    assert stats["requests"] == {("GET", 1): 1, ("GET", 3): 1, ("other", 4): 1}
-    assert stats["durations"][0] == 1 and stats["durations"][-1] == 1
-    assert sum(stats["durations"]) == 3 and len(stats["durations"]) == len(DURATION_BUCKETS) + 1
+    assert stats["requests"] == {("GET", 1): 1, ("GET", 3): 1, ("other", 4): 1, ("GET", 4): 1, ("PUT", 4): 1}
+    assert stats["durations"][0] == 3 and stats["durations"][-1] == 1
+    assert sum(stats["durations"]) == 5 and len(stats["durations"]) == len(DURATION_BUCKETS) + 1
+    assert set(metrics.rows) == {"GET", "PUT", "other"}  # BREW was never cached under its own name
     assert stats["response_bytes"] == 21 and stats["total"] == 3
     assert stats["connections"] == 4 and stats["connections_total"] == 1
-    assert stats["websockets"] == 1 and stats["in_flight"] == 0
+    assert stats["websockets"] == 1 and stats["in_flight"] == 2  # 3 tasks, one a WebSocket session
 
 
 def test_a_malformed_snapshot_is_ignored() -> None:
@@ -68,7 +69,7 @@ def test_totals_stay_monotonic_when_workers_go() -> None:
         metrics = WorkerMetrics()
         for _ in range(gets):
             metrics.record("GET", 200, 10, 0.001)
-        stats = parse_snapshot(metrics.snapshot(total, 1))
+        stats = parse_snapshot(metrics.snapshot(total, 1, 1))
         assert stats is not None
         return stats
 
@@ -80,6 +81,7 @@ def test_totals_stay_monotonic_when_workers_go() -> None:
     combined = totals.combined([b, c])
     assert combined["requests"] == {("GET", 1): 6} and combined["total"] == 6
     assert combined["response_bytes"] == 60 and combined["connections"] == 2  # gauges: the living only
+    assert combined["in_flight"] == 2
     totals.worker_exited(None, "")  # a worker that never reported: a failed boot
     totals.worker_exited(b, "shutdown")  # not a restart
     totals.worker_exited(c, "ttou")  # not a restart either

@@ -231,9 +231,11 @@ def test_scale_reopen_logs_and_stop(corral: Start, tmp_path: Path) -> None:
     proc.wait_log("logs_reopened", count=logs + 1)
 
     # A slow request in flight: stop waits for the graceful stop to finish.
-    slow = threading.Thread(target=lambda: httpx.get(proc.url + "/sleep?1", timeout=10), daemon=True)
+    slow = threading.Thread(target=lambda: httpx.get(proc.url + "/sleep?3", timeout=10), daemon=True)
     slow.start()
     proc.wait_log("master_app: sleeping")
+    wait_until(lambda: [w["in_flight"] for w in ctl_json(sock, "workers")["workers"]] == [1], 10,
+               "the request in flight in the workers table")
     done = corralctl("-s", str(sock), "stop")
     assert done.returncode == 0, done.stderr
     assert proc.popen.poll() == 0
