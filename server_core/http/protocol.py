@@ -98,7 +98,7 @@ class HTTPProtocol(asyncio.Protocol):
         "cycle", "receiving", "queue", "keep_alive", "framing", "length_left", "broken",
         "buffered", "read_paused", "write_paused", "_drain_waiters", "_pending", "_pending_size",
         "closing", "retiring", "gone", "lingering", "client_eof", "head_at", "idle_since",
-        "_timer", "_timer_when", "sniff", "_sniffed",
+        "_timer", "_timer_when", "sniff", "_sniffed", "body_wait",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -139,6 +139,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        # When the application last began to wait in receive() for body bytes
+        # (--timeout-request-body; only meaningful while it waits).
+        self.body_wait = 0.0
         # HTTP/2 on: the first bytes may be the HTTP/2 preface (prior knowledge).
         self.sniff = settings.http2
         self._sniffed = b""
@@ -278,9 +281,9 @@ class HTTPProtocol(asyncio.Protocol):
             cycle.body_complete = True
             if body:
                 self._take_body(cycle, body)
-        if self.cycle is None and not self.queue:
+        if self.cycle is None and not self.queue and not self.write_paused:
             self._run(cycle)
-        else:
+        else:  # behind another, or the client does not read its answers (resume_writing starts it)
             self.queue.append(cycle)
             if len(self.queue) >= MAX_PIPELINE or not self.parser.parsing:
                 # Too many waiting, or an upgrade head queued behind a slow
@@ -535,8 +538,15 @@ class HTTPProtocol(asyncio.Protocol):
             self._maybe_resume(LOW_WATER)
 
     def want_body(self, stream: HTTPStream) -> None:
-        """The application waits for body bytes: make sure we are reading."""
+        """The application waits for body bytes: make sure we are reading, and start the body deadline.
+
+        Only a request whose body is still arriving gets here, so a request
+        that came whole costs nothing; the single timer serves this deadline
+        too (see _on_timer).
+        """
         self._maybe_resume(HIGH_WATER, body=True)
+        self.body_wait = now = self.loop.time()
+        self._arm(now + self.state.settings.timeout_request_body)
 
     async def drain(self, stream: HTTPStream) -> None:
         """Wait until the transport's write buffer drains (or the client goes)."""
@@ -609,8 +619,19 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.gone or self.cycle is not None or self.queue:
-            return  # busy: the deadline is set again when the connection idles
+        if self.gone:
+            return
+        if self.cycle is not None or self.queue:
+            # Busy: the deadline is set again when the connection idles. Only
+            # an application waiting for the rest of its body has one now.
+            stream = self.receiving
+            if stream is not None and stream is self.cycle and stream.waiting and not stream.body:
+                deadline = self.body_wait + self.state.settings.timeout_request_body
+                if self.loop.time() >= deadline:
+                    self._body_timeout(stream)
+                else:
+                    self._arm(deadline)
+            return
         settings = self.state.settings
         if self.parser.head_started and self.head_at is not None:
             deadline = self.head_at + settings.timeout_request_head
@@ -627,6 +648,20 @@ class HTTPProtocol(asyncio.Protocol):
         else:
             return
         self._arm(deadline)
+
+    def _body_timeout(self, stream: HTTPStream) -> None:
+        """The body stalled while the application waited for it: 408 (if still possible) and close.
+
+        The application's receive() answers http.disconnect, and its next send() raises.
+        """
+        logger.debug("Request body timed out after %ss (%s %s)", self.state.settings.timeout_request_body,
+                    stream.head.method, stream.head.path)
+        self.receiving = None
+        if not stream.head_sent:
+            stream.status = 408
+            self.write(simple_response(408, "Request Timeout", self.defaults()))
+        self._close()
+        stream.disconnect()
 
     # -- shutdown -------------------------------------------------------------
 
