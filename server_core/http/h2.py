@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from itertools import chain
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -119,6 +120,10 @@ class H2Protocol(asyncio.Protocol):
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # --timeout-request-body: when each stream whose application waits
+        # for body bytes began to wait, and one timer for all of them.
+        self._body_waits: dict[int, float] = {}
+        self._body_timer: asyncio.TimerHandle | None = None
 
     # -- connection lifecycle ---------------------------------------------------
 
@@ -148,6 +153,9 @@ class H2Protocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         for stream in list(self.streams.values()):
             stream.disconnect()
         self._wake_all()
@@ -208,8 +216,11 @@ class H2Protocol(asyncio.Protocol):
         settings = state.settings
         headers = _fields(event.headers)
         limit = settings.limit_request_field_size
-        if len(headers) > settings.limit_request_fields or any(
-                len(name) + len(value) + 2 > limit for name, value in headers):
+        # The usual list is far below the field limit in total: one C-level
+        # sum proves no single field can pass it, without a Python loop.
+        if len(headers) > settings.limit_request_fields or (
+                sum(map(len, chain.from_iterable(headers))) + 2 * len(headers) > limit and any(
+                    len(name) + len(value) + 2 > limit for name, value in headers)):
             self.served += 1
             self._answer(stream_id, 431, b"Request Header Fields Too Large")
             return
@@ -319,21 +330,28 @@ class H2Protocol(asyncio.Protocol):
         self._flush_soon()
 
     def _response_headers(self, headers: Any) -> list[tuple[bytes, bytes]]:
+        """The application's fields for HTTP/2 (lower-case, no connection fields), with the server's own."""
+        state = self.state
+        defaults = server_headers(state.default_headers, state.date_header)
+        names = _default_names(defaults)
         fields: list[tuple[bytes, bytes]] = []
+        overridden = False
         for name, value in headers:
             name = name.lower()
-            if name not in _CONNECTION_FIELDS:
-                fields.append((name, value))
-        return self._defaults(fields)
+            if name in names:
+                if name in _CONNECTION_FIELDS:
+                    continue
+                overridden = True
+            fields.append((name, value))
+        if overridden:  # the application set its own server, date or --header field
+            present = {name for name, _ in fields}
+            return fields + [field for field in defaults.fields if field[0] not in present]
+        return fields + defaults.fields
 
     def _defaults(self, fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """``fields`` with the server's own (server, date, --header) where the response has none."""
+        """``fields`` (the server's own answer) with the server, date and --header fields."""
         state = self.state
-        defaults = server_headers(state.default_headers, state.date_header).fields
-        if defaults:
-            names = {name for name, _ in fields}
-            fields = fields + [field for field in defaults if field[0] not in names]
-        return fields
+        return fields + server_headers(state.default_headers, state.date_header).fields
 
     def send_continue(self, stream: HTTPStream) -> None:
         """``100 Continue`` on the stream."""
@@ -364,6 +382,8 @@ class H2Protocol(asyncio.Protocol):
         """Forget the stream; close after the last one once GOAWAY went out."""
         if self.streams.pop(stream.stream_id, None) is None:
             return
+        if self._body_waits:
+            self._body_waits.pop(stream.stream_id, None)
         self.buffered -= stream.body_size
         if stream.phase != CLOSED:
             self.served += 1
@@ -385,9 +405,59 @@ class H2Protocol(asyncio.Protocol):
         self._flush_soon()
 
     def want_body(self, stream: HTTPStream) -> None:
-        """An application waits for body bytes: read, unless too much already waits."""
+        """An application waits for body bytes: read, unless too much already waits.
+
+        The wait is timed (--timeout-request-body): only a stream whose body
+        is still arriving gets here, so a request that came whole costs nothing.
+        """
         if self.read_paused and self.buffered < HIGH_WATER:
             self._resume_reading()
+        now = self.loop.time()
+        self._body_waits[stream.stream_id] = now
+        if self._body_timer is None and not self.gone:
+            self._body_timer = self.loop.call_at(now + self.state.settings.timeout_request_body,
+                                                 self._on_body_timer)
+
+    def _on_body_timer(self) -> None:
+        """Cut the streams whose body stalled while their application waited; re-arm for the rest."""
+        self._body_timer = None
+        if self.gone:
+            return
+        timeout = self.state.settings.timeout_request_body
+        now = self.loop.time()
+        earliest: float | None = None
+        for stream_id, since in list(self._body_waits.items()):
+            stream = self.streams.get(stream_id)
+            if stream is None or stream.phase >= DONE or stream.body_complete or not stream.waiting \
+                    or stream.body:
+                del self._body_waits[stream_id]  # no longer waiting: want_body() starts it again
+            elif now >= since + timeout:
+                del self._body_waits[stream_id]
+                self._body_timeout(stream)
+            elif earliest is None or since + timeout < earliest:
+                earliest = since + timeout
+        if earliest is not None:
+            self._body_timer = self.loop.call_at(earliest, self._on_body_timer)
+        self.flush()
+
+    def _body_timeout(self, stream: HTTPStream) -> None:
+        """A stalled body: 408 on the stream if nothing was sent yet, else RST_STREAM CANCEL.
+
+        The application sees http.disconnect; the connection and its other streams go on.
+        """
+        logger.debug("HTTP/2 request body timed out after %ss (%s %s)", self.state.settings.timeout_request_body,
+                     stream.head.method, stream.head.path)
+        try:
+            if not stream.head_sent:
+                stream.status = 408
+                self._answer(stream.stream_id, 408, b"Request Timeout")
+                # The client may stop sending the body (RFC 9113 §8.1).
+                self.conn.stream(stream.stream_id).reset(NO_ERROR)
+            else:
+                self.conn.stream(stream.stream_id).reset(CANCEL)
+        except zttp.ProtocolError:
+            pass
+        stream.disconnect()
 
     def body_consumed(self, stream: HTTPStream, size: int) -> None:
         """An application took ``size`` buffered body bytes."""
@@ -510,13 +580,31 @@ class H2Protocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         self._wake_all()
+
+
+_names: tuple[Any, frozenset[bytes]] = (None, frozenset())
+
+
+def _default_names(defaults: Any) -> frozenset[bytes]:
+    """The names a response must not carry twice (the server's own fields), plus the connection fields."""
+    global _names
+    if _names[0] is not defaults:
+        _names = (defaults, frozenset(name for name, _ in defaults.fields) | _CONNECTION_FIELDS)
+    return _names[1]
 
 
 def _fields(headers: Any) -> list[tuple[bytes, bytes]]:
     """The request's fields as ASGI wants them: lower-case names, one ``cookie`` (RFC 9113 §8.2.3)."""
-    fields = headers.to_list(lowercase_names=True) if type(headers) is zttp.HeaderBlock else [
-        (name.lower(), value) for name, value in headers]
+    if type(headers) is zttp.HeaderBlock:
+        fields = headers.to_list(lowercase_names=True)
+        if len(headers.getall(b"cookie")) < 2:
+            return fields
+    else:
+        fields = [(name.lower(), value) for name, value in headers]
     cookies = [value for name, value in fields if name == b"cookie"]
     if len(cookies) > 1:
         fields = [field for field in fields if field[0] != b"cookie"]
