@@ -562,3 +562,41 @@ def read_frames_until_closed(one: H2Client) -> list[Any]:
         frames.append(frame)
         raw = raw[9 + length:]
     return frames
+
+
+def test_large_response_flows_as_the_client_opens_its_window(serve, client) -> None:
+    server = serve(Recorder())
+    one = client(server.port)
+    stream = one.response(one.request("/big?3000000"))
+    assert len(stream["body"]) == 3014656  # 46 pieces of 64 KiB: more than any initial window
+
+
+def test_large_upload_flows_through_the_windows(serve, client) -> None:
+    server = serve(http_apps.echo)
+    one = client(server.port)
+    body = bytes(range(256)) * 4096  # 1 MiB, 16 times the initial window
+    stream_id = one.request("/up", "POST", b"", end=False)
+    sent = 0
+    while sent < len(body):
+        window = min(one.conn.local_flow_control_window(stream_id), one.conn.max_outbound_frame_size)
+        if window <= 0:
+            one.pump()
+            continue
+        one.conn.send_data(stream_id, body[sent:sent + window])
+        sent += window
+        one.flush()
+    one.conn.end_stream(stream_id)
+    one.flush()
+    assert one.response(stream_id)["body"] == body
+
+
+def test_content_length_that_the_body_contradicts_is_not_a_clean_answer(serve, client) -> None:
+    async def liar(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"abc"})
+
+    server = serve(liar)
+    one = client(server.port)
+    stream = one.response(one.request("/"))
+    assert stream["headers"][b":status"] == b"500"  # checked before anything left: a clean 500
+    assert one.response(one.request("/"))["headers"][b":status"] == b"500"  # the connection goes on

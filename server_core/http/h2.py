@@ -118,6 +118,7 @@ class H2Protocol(asyncio.Protocol):
         self.closing = False  # GOAWAY sent: finish the streams, then close
         self.gone = False
         self._waiters: list[asyncio.Future[None]] = []
+        self._lengths: dict[int, int] = {}  # Content-Length bytes still owed, by stream
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         # --timeout-request-body: when each stream whose application waits
@@ -306,11 +307,17 @@ class H2Protocol(asyncio.Protocol):
 
     def send_body(self, stream: HTTPStream, body: bytes, end: bool) -> None:
         """The head with the first piece, then DATA; ``end``: END_STREAM."""
+        stream_id = stream.stream_id
+        head_request = stream.head.method == "HEAD"
+        if not stream.head_sent:
+            headers, length = self._response_headers(stream.headers)
+            if length is not None and not head_request and stream.status not in (204, 304):
+                self._lengths[stream_id] = length
+        if self._lengths and stream_id in self._lengths:
+            self._count_length(stream_id, len(body), end)
         try:
-            s = self.conn.stream(stream.stream_id)
-            head_request = stream.head.method == "HEAD"
+            s = self.conn.stream(stream_id)
             if not stream.head_sent:
-                headers = self._response_headers(stream.headers)
                 if end and (head_request or not body):
                     s.send_response(stream.status, headers, True)
                     stream.head_sent = True
@@ -329,24 +336,43 @@ class H2Protocol(asyncio.Protocol):
             raise RuntimeError(f"HTTP/2 response refused: {exc}") from None
         self._flush_soon()
 
-    def _response_headers(self, headers: Any) -> list[tuple[bytes, bytes]]:
-        """The application's fields for HTTP/2 (lower-case, no connection fields), with the server's own."""
+    def _count_length(self, stream_id: int, size: int, end: bool) -> None:
+        """Hold the body to the Content-Length the application declared (zttp does not)."""
+        left = self._lengths[stream_id] - size
+        if left < 0 or (end and left):
+            del self._lengths[stream_id]
+            raise RuntimeError("Response content %s than Content-Length" % ("longer" if left < 0 else "shorter"))
+        if end:
+            del self._lengths[stream_id]
+        else:
+            self._lengths[stream_id] = left
+
+    def _response_headers(self, headers: Any) -> tuple[list[tuple[bytes, bytes]], int | None]:
+        """The application's fields for HTTP/2 (lower-case, no connection fields) with the server's
+        own, and the Content-Length it declared."""
         state = self.state
         defaults = server_headers(state.default_headers, state.date_header)
         names = _default_names(defaults)
         fields: list[tuple[bytes, bytes]] = []
         overridden = False
+        length = None
         for name, value in headers:
             name = name.lower()
             if name in names:
                 if name in _CONNECTION_FIELDS:
                     continue
-                overridden = True
+                if name == b"content-length":
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        raise RuntimeError(f"invalid Content-Length {value!r}") from None
+                else:
+                    overridden = True
             fields.append((name, value))
         if overridden:  # the application set its own server, date or --header field
             present = {name for name, _ in fields}
-            return fields + [field for field in defaults.fields if field[0] not in present]
-        return fields + defaults.fields
+            return fields + [field for field in defaults.fields if field[0] not in present], length
+        return fields + defaults.fields, length
 
     def _defaults(self, fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """``fields`` (the server's own answer) with the server, date and --header fields."""
@@ -382,6 +408,7 @@ class H2Protocol(asyncio.Protocol):
         """Forget the stream; close after the last one once GOAWAY went out."""
         if self.streams.pop(stream.stream_id, None) is None:
             return
+        self._lengths.pop(stream.stream_id, None)
         if self._body_waits:
             self._body_waits.pop(stream.stream_id, None)
         self.buffered -= stream.body_size
@@ -590,10 +617,12 @@ _names: tuple[Any, frozenset[bytes]] = (None, frozenset())
 
 
 def _default_names(defaults: Any) -> frozenset[bytes]:
-    """The names a response must not carry twice (the server's own fields), plus the connection fields."""
+    """The names ``_response_headers`` looks at: the server's own fields (never sent twice), the
+    connection fields (dropped) and content-length (held to the body)."""
     global _names
     if _names[0] is not defaults:
-        _names = (defaults, frozenset(name for name, _ in defaults.fields) | _CONNECTION_FIELDS)
+        _names = (defaults, frozenset(name for name, _ in defaults.fields) | _CONNECTION_FIELDS
+                  | {b"content-length"})
     return _names[1]
 
 
