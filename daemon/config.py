@@ -185,7 +185,7 @@ class Config:
         v = self.values
         return ServerSettings(
             app=self.app, factory=v["factory"], app_dir=v["app-dir"], interface=v["interface"],
-            loop=v["loop"], http=v["http"], http2=v["http2"], ws=v["ws"], lifespan=v["lifespan"],
+            loop=v["loop"], http=v["http"], http2=v["http2"], metrics=bool(v["metrics-bind"]), ws=v["ws"], lifespan=v["lifespan"],
             ws_max_size=v["ws-max-size"], ws_max_queue=v["ws-max-queue"],
             ws_ping_interval=v["ws-ping-interval"] or None, ws_ping_timeout=v["ws-ping-timeout"] or None,
             ws_per_message_deflate=v["ws-per-message-deflate"], root_path=v["root-path"],

@@ -35,6 +35,9 @@ class ServerSettings:
     # HTTP/2 beside HTTP/1.1 (only with http == "zttp"): TLS ALPN h2, or the
     # connection preface on cleartext connections (prior knowledge).
     http2: bool = False
+    # The master serves /metrics (--metrics-bind): count every request by
+    # method, status and duration (otherwise only totals and gauges, free).
+    metrics: bool = False
     ws: str = "auto"
     lifespan: str = "auto"  # auto | on | off
 

@@ -66,6 +66,11 @@ class ServerState:
     # Request/connection counters sent to the master with each heartbeat
     # (server_core.metrics): the protocols call metrics.record(...) etc.
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    # ``metrics.record`` when requests are counted (--metrics-bind), else None.
+    record: Callable[[str, int, int, float], None] | None = None
+    # True when a finished request is reported at all (access log or metrics):
+    # then, and only then, each request takes the time when it starts.
+    timed: bool = False
 
 
 @dataclass(slots=True)

@@ -196,6 +196,9 @@ class WorkerRuntime:
             self._tick_date(state)
         if settings.access_log:
             state.access_log = make_access_log(settings)
+        if settings.metrics:
+            state.record = state.metrics.record
+        state.timed = state.access_log is not None or state.record is not None
         if settings.limit_max_requests:
             state.on_request_limit = self._request_limit_reached
         return state

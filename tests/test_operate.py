@@ -384,8 +384,6 @@ def test_request_counters_stay_monotonic_across_a_hup(corral: Start, tmp_path: P
                "12 requests in the metrics")
 
 
-@pytest.mark.xfail(reason="waits for the HTTP protocol to call state.metrics.record() (server_core/http)",
-                   strict=False)
 def test_requests_by_method_and_status_across_a_hup(corral: Start, tmp_path: Path) -> None:
     port = free_port()
     proc, sock = start_ops(corral, tmp_path, "--metrics-bind", f"127.0.0.1:{port}", "--no-access-log")

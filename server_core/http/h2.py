@@ -134,6 +134,7 @@ class H2Protocol(asyncio.Protocol):
         """Start the connection: our SETTINGS, then whatever the client sent."""
         self.transport = cast(asyncio.Transport, transport)
         self.state.connections.add(self)
+        self.state.metrics.connections_total += 1
         if scheme is None:
             peer = transport.get_extra_info("peername")
             client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
@@ -256,8 +257,10 @@ class H2Protocol(asyncio.Protocol):
             stream.phase = DONE
             self.send_error(stream, 503)
             self.stream_done(stream)
+            if state.record is not None:
+                state.record(head.method, 503, 0, 0.0)
             return
-        state.tasks.add(stream.start(state.app, settings.reset_contextvars, state.access_log is not None))
+        state.tasks.add(stream.start(state.app, settings.reset_contextvars, state.timed))
 
     def _on_data(self, event: zttp.Data) -> None:
         stream = self.streams.get(event.stream_id)
@@ -298,6 +301,8 @@ class H2Protocol(asyncio.Protocol):
 
     def _answer(self, stream_id: int, status: int, text: bytes) -> None:
         """A plain answer from the server itself (an error, or in place of the application)."""
+        if status != 500 and self.state.record is not None:  # a 500 is reported by its stream
+            self.state.record("", status, len(text), 0.0)
         s = self.conn.stream(stream_id)
         s.send_response(status, self._defaults([_TEXT_PLAIN, (b"content-length", b"%d" % len(text))]))
         s.send_data(text)

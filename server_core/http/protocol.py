@@ -153,6 +153,7 @@ class HTTPProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
         self.transport = cast(asyncio.Transport, transport)
         self.state.connections.add(self)
+        self.state.metrics.connections_total += 1
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         here = transport.get_extra_info("sockname")
@@ -336,9 +337,11 @@ class HTTPProtocol(asyncio.Protocol):
             self.keep_alive = False
             self.write(simple_response(503, "Service Unavailable", self.defaults()))
             self.stream_done(cycle)
+            if state.record is not None:
+                state.record(head.method, 503, 0, 0.0)
             return
         # The task takes itself out of state.tasks when it ends (HTTPStream.run).
-        state.tasks.add(cycle.start(state.app, state.settings.reset_contextvars, state.access_log is not None))
+        state.tasks.add(cycle.start(state.app, state.settings.reset_contextvars, state.timed))
 
     def _next(self) -> None:
         """Start the next queued request, or go idle."""
@@ -350,6 +353,8 @@ class HTTPProtocol(asyncio.Protocol):
             item = self.queue.popleft()
             if isinstance(item, ParseError):
                 self.write(simple_response(item.status, item.reason, self.defaults()))
+                if self.state.record is not None:  # no method to speak of: counted as "other"
+                    self.state.record("", item.status, 0, 0.0)
                 self._close()
                 return
             if self.read_paused:

@@ -175,6 +175,11 @@ class HTTPStream:
         self.eof = True
         self._wake()
 
+    @property
+    def waiting(self) -> bool:
+        """True while the application waits in ``receive()``."""
+        return self._waiter is not None
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
@@ -246,7 +251,7 @@ class HTTPStream:
         wire = self.wire
         if phase == CLOSED:  # the client left: nothing to answer, and nobody to answer
             wire.stream_done(self)
-            self._log_access(cut=True)
+            self._report(cut=True)
             return
         self.phase = DONE
         self._wake()
@@ -257,7 +262,7 @@ class HTTPStream:
         else:
             wire.reset(self)
         wire.stream_done(self)
-        self._log_access()
+        self._report()
 
     # -- the ASGI callables ----------------------------------------------------
 
@@ -317,8 +322,8 @@ class HTTPStream:
                 if self._waiter is not None:  # a receive() waiting for the end: http.disconnect
                     self._wake()
                 wire.stream_done(self)
-                if wire.state.access_log is not None:
-                    self._log_access()
+                if wire.state.timed:
+                    self._report()
         elif kind == "http.response.start":
             if phase != REQUEST:
                 raise RuntimeError("Unexpected ASGI message 'http.response.start' sent twice.")
@@ -335,12 +340,20 @@ class HTTPStream:
         else:
             raise RuntimeError(f"Unexpected ASGI message {kind!r} in an http scope.")
 
-    def _log_access(self, cut: bool = False) -> None:
-        access_log = self.wire.state.access_log
+    def _report(self, cut: bool = False) -> None:
+        """The finished request to the access log and the metrics, whichever are on."""
+        state = self.wire.state
+        if not state.timed:
+            return
+        head = self.head
+        # A response the client never received whole is reported as nginx
+        # does: 499, "client closed request" (but a 408 is the server's own
+        # answer to a body that stalled: that one went out).
+        status = 499 if cut and self.status != 408 else self.status
+        duration = time.monotonic() - self.start_time
+        if state.record is not None:
+            state.record(head.method, status, self.bytes_sent, duration)
+        access_log = state.access_log
         if access_log is not None:
-            head = self.head
-            # A response the client never received whole is logged as nginx
-            # does: 499, "client closed request".
             access_log.log(self.scope["client"], head.method, head.raw_path, head.query_string,
-                           head.http_version, 499 if cut else self.status, self.bytes_sent,
-                           time.monotonic() - self.start_time)
+                           head.http_version, status, self.bytes_sent, duration)
