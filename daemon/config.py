@@ -422,10 +422,6 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
             raise ConfigError(f"{_origin('pid', sources)}: {values['pid']!r} is a directory")
     if values["ssl-keyfile"] and not values["ssl-certfile"]:
         raise ConfigError("--ssl-keyfile needs --ssl-certfile as well")
-    if values["proxy-protocol"] and values["ssl-certfile"]:
-        # The PROXY header comes before the TLS handshake, under the TLS layer asyncio puts first.
-        raise ConfigError("--proxy-protocol with --ssl-certfile is not supported: terminate TLS at the "
-                          "balancer, or forward TCP without the PROXY header")
     if not 0 <= values["uds-mode"] <= 0o777:
         raise ConfigError(f"{_origin('uds-mode', sources)}: invalid mode {oct(values['uds-mode'])}: "
                           "expected permission bits from 0o000 to 0o777")

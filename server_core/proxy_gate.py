@@ -14,6 +14,12 @@ are not changed. A LOCAL header (a balancer's own health check) keeps the real
 transport. A malformed or truncated header, or none within
 ``--timeout-request-head`` seconds, closes the connection without a response.
 
+With TLS (``--ssl-certfile``) the header comes before the handshake, so the
+listeners are created without TLS and the gate starts it after the header:
+asyncio's own ``SSLProtocol`` goes between the transport (with the header's
+addresses) and the real protocol, and gets the bytes that followed the header
+(the start of the client's handshake).
+
 Without ``--proxy-protocol`` none of this runs: the worker builds its factory
 as before, so a connection costs nothing more.
 """
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
@@ -79,10 +87,12 @@ class _Refusals:
 class ProxyGate(asyncio.Protocol):
     """A connection's protocol until its PROXY header has arrived."""
 
-    def __init__(self, state: ServerState, factory: ProtocolFactory, trust: ProxyTrust) -> None:
+    def __init__(self, state: ServerState, factory: ProtocolFactory, trust: ProxyTrust,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.state = state
         self.factory = factory
         self.trust = trust
+        self.tls = tls
         self.parser = ProxyHeaderParser()
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
@@ -147,13 +157,15 @@ class ProxyGate(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         real = self.factory()
+        carrier: Any = transport if header.local else ProxiedTransport(transport, header.source, header.destination)
+        if self.tls is not None:
+            # TLS starts now, under the real protocol (which sees the TLS
+            # transport, whose peername/sockname come from ``carrier``).
+            real = _tls_protocol(real, self.tls, self.state.settings.timeout_tls_handshake)
         transport.set_protocol(real)
-        if header.local:
-            real.connection_made(transport)
-        else:
-            real.connection_made(ProxiedTransport(transport, header.source, header.destination))  # type: ignore[arg-type]
+        real.connection_made(carrier)
         if rest and not transport.is_closing():
-            real.data_received(rest)
+            _feed(real, rest)
 
     def _expired(self, timeout: float) -> None:
         self.timer = None
@@ -175,13 +187,37 @@ class ProxyGate(asyncio.Protocol):
         self.state.connections.discard(self)
 
 
-def gated(state: ServerState, factory: ProtocolFactory) -> ProtocolFactory:
-    """``factory`` behind a :class:`ProxyGate` (the ``--proxy-protocol`` listener factory)."""
+def _tls_protocol(app: asyncio.BaseProtocol, context: ssl.SSLContext, timeout: float) -> Any:
+    """asyncio's server-side TLS layer in front of ``app`` (what ``create_server(ssl=...)`` builds)."""
+    return sslproto.SSLProtocol(asyncio.get_running_loop(), app, context, None,  # type: ignore[arg-type]
+                                server_side=True, ssl_handshake_timeout=timeout)  # type: ignore[arg-type]
+
+
+def _feed(protocol: Any, data: bytes) -> None:
+    """Give ``data`` to a protocol as its transport would (a BufferedProtocol through its buffer)."""
+    if not isinstance(protocol, asyncio.BufferedProtocol):
+        protocol.data_received(data)
+        return
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]
+
+
+def gated(state: ServerState, factory: ProtocolFactory, tls: ssl.SSLContext | None = None) -> ProtocolFactory:
+    """``factory`` behind a :class:`ProxyGate` (the ``--proxy-protocol`` listener factory).
+
+    With ``tls`` the listeners must be created without it: the gate starts
+    TLS after the header.
+    """
     settings = state.settings
     allowed = settings.proxy_protocol_allow_ips
     trust = ProxyTrust(settings.forwarded_allow_ips if allowed is None else allowed)
 
     def gate() -> asyncio.Protocol:
-        return ProxyGate(state, factory, trust)
+        return ProxyGate(state, factory, trust, tls)
 
     return gate

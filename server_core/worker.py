@@ -224,17 +224,17 @@ class WorkerRuntime:
         def factory() -> asyncio.Protocol:
             return HTTPProtocol(state)
 
+        ssl_context = self._ssl
         if self.settings.proxy_protocol:
-            # Each connection's PROXY header first (server_core.proxy_gate);
-            # without the option the factory is untouched.
+            # Each connection's PROXY header first (server_core.proxy_gate),
+            # and TLS after it; without the option the factory is untouched.
             from server_core.proxy_gate import gated
 
-            if self._ssl is not None:
-                raise OSError("--proxy-protocol cannot be combined with TLS (the header precedes the handshake)")
-            factory = gated(state, factory)  # type: ignore[assignment]
+            factory = gated(state, factory, ssl_context)  # type: ignore[assignment]
+            ssl_context = None
         # asyncio refuses a handshake timeout without TLS.
-        tls: dict[str, Any] = {"ssl": self._ssl}
-        if self._ssl is not None:
+        tls: dict[str, Any] = {"ssl": ssl_context}
+        if ssl_context is not None:
             tls["ssl_handshake_timeout"] = self.settings.timeout_tls_handshake
         for sock in self.sockets:
             if sock.type != socket.SOCK_STREAM:

@@ -211,16 +211,80 @@ def test_without_the_option_a_header_is_not_http(corral: Callable[..., Corral]) 
     assert report(talk(tcp(server), CLOSE))["client"][0] == "127.0.0.1"
 
 
-def test_tls_is_refused_at_start(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_starts_after_the_header(tmp_path: Path, corral: Callable[..., Corral], loop: str) -> None:
+    """With --ssl-certfile the header comes first, in clear, then the TLS handshake (HAProxy in TCP mode)."""
+    import ssl
 
-    cert = tmp_path / "cert.pem"
-    cert.write_text("not read: the combination is refused first\n")
-    proc = subprocess.run([sys.executable, "-m", "daemon", "m:a", "--proxy-protocol", "--ssl-certfile", str(cert)],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2, proc.stderr
-    assert "--proxy-protocol" in proc.stderr and "Traceback" not in proc.stderr
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    server = start(corral, "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile), "--loop", loop)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    def over_tls(header: bytes, *, split: bool = False) -> dict:
+        raw = tcp(server)()
+        try:
+            if split:  # the header and the ClientHello in one write: the gate hands the rest to TLS
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                raw.sendall(header + outgoing.read())
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        raw.sendall(outgoing.read())
+                        data = raw.recv(65536)
+                        assert data, "closed during the handshake"
+                        incoming.write(data)
+                raw.sendall(outgoing.read())
+                tls.write(CLOSE)
+                raw.sendall(outgoing.read())
+                answer = b""
+                while True:
+                    try:
+                        chunk = tls.read(65536)
+                        if not chunk:
+                            break
+                        answer += chunk
+                    except ssl.SSLWantReadError:
+                        data = raw.recv(65536)
+                        if not data:
+                            break
+                        incoming.write(data)
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                        break
+                return report(answer)
+            raw.sendall(header)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(CLOSE)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                return report(answer)
+        finally:
+            raw.close()
+
+    found = over_tls(V1)
+    assert found["client"] == ["203.0.113.7", 4711] and found["scheme"] == "https"
+    assert over_tls(V2_IPV6, split=True)["client"] == ["2001:db8::7", 4713]
+    assert over_tls(v2(command=0x0, family=0x00, payload=b""))["client"][0] == "127.0.0.1"
+    # No header: the ClientHello is refused as a header, unanswered.
+    raw = tcp(server)()
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            context.wrap_socket(raw, server_hostname="127.0.0.1")
+    finally:
+        raw.close()
 
 
 # -- the head timeout, in-process on the real gate -----------------------------------
