@@ -197,6 +197,8 @@ class Config:
             timeout_keep_alive=v["timeout-keep-alive"], timeout_graceful_shutdown=v["timeout-graceful-shutdown"],
             limit_request_line=v["limit-request-line"], limit_request_fields=v["limit-request-fields"],
             limit_request_field_size=v["limit-request-field-size"],
+            limit_request_head_size=v["limit-request-head-size"],
+            timeout_request_body=v["timeout-request-body"],
             h11_max_incomplete_event_size=v["h11-max-incomplete-event-size"],
             reset_contextvars=v["reset-contextvars"],
             ssl_keyfile=v["ssl-keyfile"], ssl_certfile=v["ssl-certfile"],

@@ -71,9 +71,14 @@ class ServerSettings:
     # A client must send a complete request head within this many seconds of
     # its first byte (slowloris protection).
     timeout_request_head: float = 10.0
+    # The application waits in receive() for request body bytes: the longest
+    # wait for the next piece, answered 408 (or cut) and closed.
+    timeout_request_body: float = 60.0
     limit_request_line: int = 8190
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
+    # Total bytes of a request head, complete or not (431), on every parser.
+    limit_request_head_size: int = 65536
     h11_max_incomplete_event_size: int | None = None
     reset_contextvars: bool = False
 

@@ -115,6 +115,10 @@ class CorralWorker(Worker):
                 "ssl_ciphers": options.get("ciphers"),
             })
             kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        if not (cfg.limit_request_line and cfg.limit_request_fields and cfg.limit_request_field_size):
+            # gunicorn has no total head limit, and 0 turns one of its limits
+            # off: corral's own (--limit-request-head-size) must not cap it then.
+            kwargs["limit_request_head_size"] = UNLIMITED
         kwargs.update(self.CONFIG_KWARGS)
         return ServerSettings(**kwargs)
 

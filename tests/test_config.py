@@ -31,6 +31,8 @@ OURS += ["proxy-protocol"]
 
 OURS += ["timeout-tls-handshake"]
 
+OURS += ["limit-request-head-size", "timeout-request-body"]
+
 
 def test_every_uvicorn_and_corral_option_is_declared() -> None:
     assert set(UVICORN_054) | set(OURS) == set(BY_NAME)

@@ -166,6 +166,7 @@ def test_settings_come_from_gunicorns_config(tmp_path: Path) -> None:
     assert (fast.loop, fast.http) == ("uvloop", "httptools")
     assert fast.timeout_keep_alive == 7 and fast.timeout_graceful_shutdown == 12
     assert fast.limit_request_line == UNLIMITED and fast.limit_request_fields == 50
+    assert fast.limit_request_head_size == UNLIMITED  # a gunicorn limit turned off is not capped by corral's
     assert fast.forwarded_allow_ips == ("10.0.0.1", "10.0.0.2")
     assert fast.limit_max_requests == 100  # jitter 0
     assert fast.timeout_worker_healthcheck == 18 and fast.heartbeat_interval == 1.0

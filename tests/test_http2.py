@@ -356,6 +356,7 @@ def test_access_log_says_http2(serve, client, caplog) -> None:
 
     assert AccessLog is not None
     server.state.access_log = Capture()
+    server.state.timed = True
     one = client(server.port)
     one.response(one.request("/logged", "POST", b"x"))
     assert lines == ["POST /logged HTTP/2 200"]
@@ -600,3 +601,37 @@ def test_content_length_that_the_body_contradicts_is_not_a_clean_answer(serve, c
     stream = one.response(one.request("/"))
     assert stream["headers"][b":status"] == b"500"  # checked before anything left: a clean 500
     assert one.response(one.request("/"))["headers"][b":status"] == b"500"  # the connection goes on
+
+
+def test_stalled_body_gets_408_on_its_stream_and_the_connection_goes_on(serve, client) -> None:
+    """--timeout-request-body on HTTP/2: the stalled stream is answered 408 (and reset), the others go on."""
+    app = Recorder()
+    server = serve(app, timeout_request_body=0.5)
+    one = client(server.port)
+    started = time.monotonic()
+    stream_id = one.request("/wait-disconnect", "POST", b"x" * 10, headers=[("content-length", "1000")], end=False)
+    stream = one.response(stream_id)
+    assert stream["headers"][b":status"] == b"408"
+    assert 0.45 <= time.monotonic() - started < 5 * FACTOR
+    wait_until(lambda: app.disconnected == 1, TIMEOUT, "http.disconnect in the app")
+    # The connection goes on.
+    assert one.response(one.request("/e", "POST", b"after"))["body"] == b"after"
+
+
+def test_stalled_body_after_the_response_head_resets_the_stream(serve, client) -> None:
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"early", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        seen.append("disconnect")
+
+    seen: list[str] = []
+    server = serve(app, timeout_request_body=0.5)
+    one = client(server.port)
+    stream_id = one.request("/", "POST", b"x" * 10, headers=[("content-length", "1000")], end=False)
+    stream = one.response(stream_id)
+    assert stream["headers"][b":status"] == b"200" and stream["body"] == b"early"
+    assert stream["reset"] == h2.errors.ErrorCodes.CANCEL
+    wait_until(lambda: seen, TIMEOUT, "http.disconnect in the app")
+    assert not one.closed

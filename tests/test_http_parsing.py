@@ -424,6 +424,44 @@ def test_many_small_fields_refused_as_they_arrive(make) -> None:
     assert events[0].status == 431 and count <= 102
 
 
+# 90 fields of 8 KB: every line under --limit-request-field-size, 720 KB in all.
+BIG_HEAD = (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 8000) for i in range(90))
+            + b"\r\n")
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "trickled"])
+def test_head_size_limit_is_the_same_on_every_parser(make, whole: bool) -> None:
+    """--limit-request-head-size (default 65536) counts every byte of a head, complete or not: 431."""
+    parser = make()
+    if whole:
+        events = parser.feed(BIG_HEAD)
+    else:
+        events, sent = [], 0
+        while not events and sent < len(BIG_HEAD):
+            events = parser.feed(BIG_HEAD[sent:sent + 4096])
+            sent += 4096
+        assert sent <= 65536 + 4096
+    assert [type(event) for event in events] == [ParseError] and events[0].status == 431
+
+
+def test_head_size_limit_comes_from_the_settings() -> None:
+    from server_core.http import make_parser
+    from server_core.settings import ServerSettings
+
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-A: %s\r\n\r\n" % (b"v" * 3000)
+    for http in PARSERS:
+        small = make_parser(ServerSettings(http=http, limit_request_head_size=2048))
+        assert small.feed(head)[0].status == 431, http
+        assert small.limits.head == 2048
+        large = make_parser(ServerSettings(http=http, limit_request_head_size=4096))
+        assert isinstance(large.feed(head)[0], RequestHead), http
+    # h11: the smaller of the head limit and its --h11-max-incomplete-event-size.
+    assert make_parser(ServerSettings(http="h11")).limits.head == 16 * 1024
+    h11 = make_parser(ServerSettings(http="h11", h11_max_incomplete_event_size=1 << 20))
+    assert h11.limits.head == 65536
+    assert h11.feed(BIG_HEAD)[0].status == 431
+
+
 def test_h11_max_incomplete_event_size() -> None:
     parser = H11Parser(max_incomplete_event_size=1000)
     events = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-A: 12345678\r\n" * 100)

@@ -837,6 +837,7 @@ def test_access_log_and_request_limit(serve, clients) -> None:
 
     server = serve(http_apps.echo, limit_max_requests=2)
     server.state.access_log = Recorder()
+    server.state.timed = True
     server.state.on_request_limit = lambda: limits.append(server.state.total_requests)
     client = clients(server.port)
     for _ in range(3):
@@ -1100,3 +1101,173 @@ def test_application_header_names_keep_their_case_and_order(serve, clients) -> N
     lines = head.split(b"\r\n")
     assert lines[1:4] == [b"X-Upper: 1", b"server: app", b"x-b: 2"]
     assert head.count(b"server:") == 1 and b"date: " in head
+
+
+# -- --timeout-request-body ----------------------------------------------------------------
+
+
+class BodyWaiter:
+    """Reads the body until http.disconnect; then tries to answer, recording what send() raised."""
+
+    def __init__(self, start_first: bool = False) -> None:
+        self.start_first = start_first  # stream a response head (and a piece) before reading
+        self.messages: list[dict] = []
+        self.send_error: BaseException | None = None
+        self.done = False
+        self.access: list[int] = []
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.start_first:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"early", "more_body": True})
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            if message["type"] == "http.disconnect":
+                break
+            if not message.get("more_body"):
+                break
+        try:
+            if not self.start_first:
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"late"})
+        except BaseException as exc:
+            self.send_error = exc
+            raise
+        finally:
+            self.done = True
+
+
+class AccessCapture:
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    def log(self, client: Any, method: str, raw_path: bytes, query: bytes, version: str, status: int,
+            size: int, duration: float) -> None:
+        self.statuses.append(status)
+
+
+def test_stalled_body_answered_408_and_closed(serve, clients) -> None:
+    """Content-Length 1000, 10 bytes, then silence: 408 after the body timeout; the app sees http.disconnect."""
+    app = BodyWaiter()
+    server = serve(app, timeout_request_body=0.5, timeout_keep_alive=30)
+    server.state.access_log = access = AccessCapture()
+    server.state.timed = True
+    client = clients(server.port)
+    started = time.monotonic()
+    client.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    status, headers, _ = client.response()
+    assert status == 408 and headers[b"connection"] == b"close"
+    assert client.closed()
+    assert 0.45 <= time.monotonic() - started < 5 * FACTOR
+    wait_until(lambda: app.done, 5 * FACTOR, "the app to end")
+    assert app.messages[0] == {"type": "http.request", "body": b"x" * 10, "more_body": True}
+    assert app.messages[-1] == {"type": "http.disconnect"}
+    assert isinstance(app.send_error, OSError)
+    wait_until(lambda: access.statuses, 5 * FACTOR, "the access log line")
+    assert access.statuses == [408]
+
+
+def test_stalled_body_after_the_response_head_closes_the_connection(serve, clients) -> None:
+    """The head already went out: no 408 is possible, the connection is closed."""
+    app = BodyWaiter(start_first=True)
+    server = serve(app, timeout_request_body=0.5, timeout_keep_alive=30)
+    client = clients(server.port)
+    client.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    head = client.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert client.closed()
+    assert b"408" not in client.buf
+    wait_until(lambda: app.done, 5 * FACTOR, "the app to end")
+    assert app.messages[-1] == {"type": "http.disconnect"}
+
+
+def test_body_timeout_counts_each_wait_in_receive_only(serve, clients) -> None:
+    """The timeout is per wait in receive(), not for the whole body, nor while the app does something else.
+
+    On one connection: an app busy for longer than the timeout before it reads
+    a pending body is served; a body trickling in with gaps shorter than the
+    timeout is served; then a body that stalls is answered 408.
+    """
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["path"] == "/busy":
+            await asyncio.sleep(1.0)
+        await http_apps.echo(scope, receive, send)
+
+    server = serve(app, timeout_request_body=0.6, timeout_keep_alive=30)
+    client = clients(server.port)
+    client.send(b"POST /busy HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab")
+    time.sleep(0.8)
+    client.send(b"cd")
+    assert client.response()[::2] == (200, b"abcd")
+    client.send(b"POST /trickle HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n")
+    for piece in (b"ab", b"cd", b"ef"):
+        time.sleep(0.3)
+        client.send(piece)
+    assert client.response()[::2] == (200, b"abcdef")
+    client.send(b"POST /stall HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nab")
+    assert client.response()[0] == 408
+    assert client.closed()
+
+
+# -- --limit-request-head-size ----------------------------------------------------------------
+
+
+def test_many_huge_unfinished_heads_cost_no_memory_and_get_431(serve) -> None:
+    """200 connections each sending 775 KiB of a head that never ends (fields under the field limit).
+
+    Each head is refused with 431 once it passes --limit-request-head-size
+    (65536), on every parser, so the server never holds more than that per
+    connection: its memory stays bounded (a parser that buffered the heads
+    would hold 155 MB here).
+    """
+    import psutil
+
+    server = serve(http_apps.echo, timeout_request_head=60, timeout_keep_alive=60)
+    line = b"X-Filler: " + b"v" * 7990 + b"\r\n"
+    piece = line * 2  # 16 KiB
+    total = 775 * 1024
+    me = psutil.Process()
+    start_rss = me.memory_info().rss
+    socks = []
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        sock.setblocking(False)
+        socks.append(sock)
+    sent = dict.fromkeys(socks, 0)
+    answers = dict.fromkeys(socks, b"")
+    reading, sending = set(socks), set(socks)
+    end = deadline(60)
+    peak = start_rss
+    while reading and time.monotonic() < end:
+        readable, writable, _ = select.select(list(reading), list(sending), [], 1.0)
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            answers[sock] += data
+            if not data or b"\r\n\r\n" in answers[sock]:
+                reading.discard(sock)  # answered (or closed): stop sending
+                sending.discard(sock)
+        for sock in writable:
+            if sock not in sending:
+                continue
+            try:
+                sent[sock] += sock.send(piece)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                sending.discard(sock)
+            if sent[sock] >= total:
+                sending.discard(sock)  # all sent; the head never ends
+        peak = max(peak, me.memory_info().rss)
+    try:
+        grown = max(peak, me.memory_info().rss) - start_rss
+        statuses = [answers[sock][:12] for sock in socks]
+        assert grown < 64 * 1024 * 1024, f"RSS grew by {grown / 2**20:.0f} MiB"
+        assert statuses == [b"HTTP/1.1 431"] * 200, {status for status in statuses}
+    finally:
+        for sock in socks:
+            sock.close()

@@ -18,7 +18,7 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 def head_limits(settings: ServerSettings) -> HeadLimits:
     """The request-head limits a worker's settings ask for."""
     return HeadLimits(settings.limit_request_line, settings.limit_request_fields,
-                      settings.limit_request_field_size)
+                      settings.limit_request_field_size, settings.limit_request_head_size)
 
 
 def make_parser(settings: ServerSettings, upgrade_tokens: frozenset[bytes] = frozenset()) -> MessageReader:

@@ -40,9 +40,9 @@ class HeadLimits:
     request_line: int = 8190
     fields: int = 100
     field_size: int = 8190
-    # Total head size, when the implementation has one (h11's
+    # Total head size (--limit-request-head-size; on h11 at most its
     # --h11-max-incomplete-event-size); None means only the limits above.
-    head: int | None = None
+    head: int | None = 65536
 
 
 # Methods llhttp (httptools) can parse. h11 accepts any token, but both

@@ -355,7 +355,10 @@ class HTTPProtocol(asyncio.Protocol):
                 self.write(simple_response(item.status, item.reason, self.defaults()))
                 if self.state.record is not None:  # no method to speak of: counted as "other"
                     self.state.record("", item.status, 0, 0.0)
-                self._close()
+                # The client may still be sending (a head past the size
+                # limit): closing now would reset the connection, and the
+                # client could lose the answer before reading it.
+                self._linger()
                 return
             if self.read_paused:
                 self._maybe_resume(LOW_WATER)
