@@ -379,6 +379,19 @@ def test_absolute_form_and_asterisk(make) -> None:
     assert head.raw_path == b"*"
 
 
+def test_absolute_form_authority_replaces_host(make) -> None:
+    """RFC 9112 §3.2.2: the target's authority, not the Host field, is the host the app sees."""
+    [head, _] = make().feed(b"GET http://other.example:8080/p?q=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+    assert head.headers == [(b"host", b"other.example:8080"), (b"accept", b"*/*")]
+    assert (head.raw_path, head.query_string) == (b"/p", b"q=1")
+    # HTTP/1.0 needs no Host: the authority is added.
+    [head, _] = make().feed(b"GET https://other.example HTTP/1.0\r\nAccept: */*\r\n\r\n")
+    assert head.headers == [(b"accept", b"*/*"), (b"host", b"other.example")]
+    # Origin-form keeps its Host.
+    [head, _] = make().feed(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.headers == [(b"host", b"x")]
+
+
 def test_leading_empty_lines_are_ignored(make) -> None:
     events = make().feed(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert isinstance(events[0], RequestHead)

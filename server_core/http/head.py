@@ -460,7 +460,13 @@ def interpret(split: SplitHead, meaning: Semantics, headers: list[tuple[bytes, b
     if target[0] == _SLASH and _HASH not in target:  # origin-form, the usual: "/path?query"
         raw_path, _, query = target.partition(b"?")
     else:
-        raw_path, query = _split_target(method, target)
+        raw_path, query, authority = _split_target(method, target)
+        if authority is not None:
+            # RFC 9112 §3.2.2: with an absolute-form target the server ignores
+            # Host and uses the target's authority: the app sees it as Host.
+            headers = [(name, authority if name == b"host" else value) for name, value in headers]
+            if all(name != b"host" for name, _ in headers):
+                headers.append((b"host", authority))  # HTTP/1.0 may send no Host
     path = raw_path.decode("ascii")
     if _PERCENT in raw_path:  # most paths have no escapes: skip unquote's work for them
         path = unquote(path)
@@ -477,14 +483,15 @@ VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 _SLASH, _HASH, _PERCENT = ord("/"), ord("#"), ord("%")
 
 
-def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes]:
-    """Path and query of a request-target (RFC 9112 §3.2)."""
+def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes, bytes | None]:
+    """Path, query and (absolute-form only, else None) authority of a request-target (RFC 9112 §3.2)."""
+    authority: bytes | None = None
     if target[0] != 0x2F:  # not origin-form ("/...")
         if target == b"*":
             # asterisk-form = "*", only for a server-wide OPTIONS.
             if method != b"OPTIONS":
                 raise Reject(400, "asterisk-form target outside OPTIONS")
-            return b"*", b""
+            return b"*", b"", None
         # absolute-form = absolute-URI; only http(s) URIs make sense here.
         lowered = target[:8].lower()
         if lowered.startswith(b"http://"):
@@ -508,4 +515,4 @@ def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes]:
         # The fragment is never part of a request-target (RFC 9112 §3.2).
         raise Reject(400, "fragment in request target")
     path, _, query = target.partition(b"?")
-    return path, query
+    return path, query, authority
