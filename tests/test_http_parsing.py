@@ -342,6 +342,21 @@ def test_websocket_upgrade_pauses_parsing(make) -> None:
     assert parser.trailing_data == b"\x81\x05hellomore"
 
 
+@pytest.mark.parametrize("framing", [b"Content-Length: 7", b"Transfer-Encoding: chunked"])
+def test_websocket_upgrade_with_a_body_is_refused(make, framing: bytes) -> None:
+    """Its body would be read as WebSocket frames: 400 instead of a hand-off."""
+    parser = make(upgrade_tokens=frozenset({b"websocket"}))
+    events = parser.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         + framing + b"\r\n\r\n\x81\x05hello")
+    assert [(type(event), getattr(event, "status", None)) for event in events] == [(ParseError, 400)]
+    # Content-Length: 0 is no body: the hand-off goes ahead.
+    parser = make(upgrade_tokens=frozenset({b"websocket"}))
+    events = parser.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+    assert len(events) == 1 and events[0].upgrade == b"websocket"
+
+
 def test_upgrade_not_taken_is_plain_http(make) -> None:
     """Upgrade: h2c (or websocket with --ws none) is served as HTTP, body included."""
     parser = make(upgrade_tokens=frozenset({b"websocket"}))

@@ -1271,3 +1271,15 @@ def test_many_huge_unfinished_heads_cost_no_memory_and_get_431(serve) -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_websocket_upgrade_with_a_body_answered_400(serve, clients) -> None:
+    """An upgrade request carrying a body is refused, not switched (its body would be read as frames)."""
+    server = serve(http_apps.echo, ws="websockets")
+    client = clients(server.port)
+    client.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Content-Length: 7\r\n\r\n\x81\x05hello")
+    status, headers, _ = client.response()
+    assert status == 400 and headers[b"connection"] == b"close"
+    assert client.closed()

@@ -147,11 +147,16 @@ class MessageReader:
         # some of what they refuse, so they must never be the first to decide.
         meaning = semantics(split[2], split[3])
         request = interpret(split, meaning, self._parse_head(head))
-        events.append(request)
+        body = meaning[0]
         if request.upgrade is not None and request.upgrade in self.upgrade_tokens:
+            if body is not None:
+                # Its body would be read as the new protocol's first bytes
+                # (WebSocket frames): a request cannot be both.
+                raise Reject(400, "upgrade request with a body")
+            events.append(request)
             self._state = _UPGRADED
             return
-        body = meaning[0]
+        events.append(request)
         if body is None:
             request.body = b""  # complete as it stands: no EndOfMessage event
             self._end(request)
