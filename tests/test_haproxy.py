@@ -124,6 +124,15 @@ def test_the_app_sees_the_client_behind_haproxy(stack: Stack) -> None:
     stack.corral.wait_log(f'{CLIENT_HOST}:{here[1]} - "GET /again HTTP/1.1" 200')
 
 
+def test_health_checks_come_with_a_local_header(stack: Stack) -> None:
+    """HAProxy's checks (LOCAL in v2, UNKNOWN in v1) are served with the real peer, never refused."""
+    stack.corral.wait_log('"GET /healthz HTTP/1.1" 200', timeout=10)
+    output = stack.corral.output()
+    checks = [line for line in output.splitlines() if '"GET /healthz HTTP/1.1" 200' in line]
+    assert checks and all(" 127.0.0.1:" in line for line in checks), checks
+    assert "PROXY protocol: closed" not in output
+
+
 def test_hup_roll_behind_haproxy_has_no_failed_request(stack: Stack) -> None:
     master = stack.corral.pid
 
