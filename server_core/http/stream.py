@@ -283,6 +283,9 @@ class HTTPStream:
                     self.body_given = True
                     return {"type": "http.request", "body": b"", "more_body": False}
                 if self.eof:
+                    # The application is told the client is gone: from now on
+                    # it is (ASGI 2.4: a send() after this raises an OSError).
+                    self.phase = CLOSED
                     return _DISCONNECT
                 # The body was all handed out: wait for the end of the response
                 # or for the client to go away.

@@ -125,7 +125,7 @@ class Controlled:
 
 
 async def reply_after_disconnect(scope: dict, receive: Any, send: Any) -> None:
-    """A long poll: wait for http.disconnect, then answer anyway (a half-closed client still reads)."""
+    """A long poll: wait for http.disconnect, then answer anyway (the send raises: the client is gone)."""
     while (await receive())["type"] != "http.disconnect":
         pass
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
