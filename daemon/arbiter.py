@@ -29,11 +29,12 @@ import structlog
 from daemon import pidfile, pool
 from daemon.actions import Action
 from daemon.listeners import Listener, ListenerError, close_listeners, open_listeners
+from daemon.master_state import MasterState
 from daemon.pool import MEMORY_INTERVAL, Notifier, NullNotifier, Pool, say
 from daemon.workers import Reason, State, WorkerRecord, counts, oldest_serving, scale
 from server_core.control import EXIT_APP_FAILED, WORKER_SIGNALS
 
-__all__ = ["COMMANDS", "Arbiter", "Notifier", "NullNotifier", "Watched", "open_all", "run_master"]
+__all__ = ["COMMANDS", "Arbiter", "CannotStart", "Notifier", "NullNotifier", "Watched", "run_master"]
 
 log = structlog.get_logger("corral.master")
 
@@ -76,17 +77,14 @@ class Arbiter(Pool):
         self.watched: list[Watched] = []
         self.interrupts = 0
         self.next_watchdog: float | None = None
-        # A HUP that arrived during the USR2 roll: applied once that roll ends.
-        self.reload_deferred = False
         self.pending: collections.deque[int] = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
         # For corralctl status and the metrics: this image, and the process across USR2 re-execs.
         self.image_started = time.time()
         self.image_id = f"{os.getpid()}-{time.time_ns()}"
         self.process_started = process_start_time()
-        # --shutdown-delay: when the graceful stop a TERM asked for begins (None: no TERM yet).
-        self.stop_requested: float | None = None
-        self._deferred_action: Action | None = None
+        # A HUP that arrived during the USR2 roll: applied once that roll ends.
+        self._deferred_reload: Action | None = None
 
     # -- setup ---------------------------------------------------------------
 
@@ -135,11 +133,10 @@ class Arbiter(Pool):
                 self._dispatch()
                 self._reap()
                 self._check_timers()
-                if self.stopping and not self.records:
+                if self.state.stopping and not self.records:
                     return self.exit_status
                 self._maintain()
-                if self.reload_deferred and self.roll is None:
-                    self.reload_deferred = False
+                if self._deferred_reload is not None and self.roll is None:
                     self.on_reload()
                     self._maintain()
         finally:
@@ -148,7 +145,8 @@ class Arbiter(Pool):
     def _wait(self) -> None:
         now = time.monotonic()
         moments = self._deadlines(now)
-        extras = [self.next_watchdog, self.stop_requested] + [w.deadline() for w in self.watched]
+        leaving = self.stop_requested if self.state is MasterState.LEAVING else None
+        extras = [self.next_watchdog, leaving] + [w.deadline() for w in self.watched]
         moments += [moment for moment in extras if moment is not None]
         timeout = max(0.0, min(moments) - now) if moments else None
         events = self.selector.select(timeout)
@@ -207,14 +205,14 @@ class Arbiter(Pool):
             if moment is None or (now >= moment and source.on_deadline()):
                 self.unwatch(source)
         self._check_memory(now)
-        if self.stop_requested is not None and now >= self.stop_requested and not self.stopping:
+        if self.state is MasterState.LEAVING and self.stop_requested is not None and now >= self.stop_requested:
             log.info("shutdown_delay_over", seconds=self.config.shutdown_delay)
-            self._stop("term")
+            self._stop(MasterState.STOPPING)
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.next_watchdog = now + (self.notify.watchdog_interval or 1.0)
             # Healthy: some worker ready, or none wanted (after WINCH the master
             # alone is the service until TTIN/HUP; systemd must not kill it).
-            if not self.stopping and counts(self.records.values())[0] >= min(1, self.target):
+            if not self.state.stopping and counts(self.records.values())[0] >= min(1, self.target):
                 self.notify.watchdog()
 
     def _drain_wakeup(self) -> None:
@@ -234,20 +232,21 @@ class Arbiter(Pool):
     def on_stop(self) -> None:
         """TERM: graceful shutdown of every worker, then exit 0 (after --shutdown-delay, serving meanwhile)."""
         delay = float(self.config.shutdown_delay or 0)
-        if delay > 0 and not self.stopping and self.stop_requested is None:
+        if delay > 0 and not self.state.leaving:
             # /readyz says 503 from now on; keep serving while the load balancer
             # (a Kubernetes Service) takes this instance out of its endpoints.
             self.stop_requested = time.monotonic() + delay
+            self._set_state(MasterState.LEAVING, seconds=delay)
             self._finish_actions("the master is stopping")
             self.notify.stopping()
             log.info("shutdown_delayed", seconds=delay, reason="--shutdown-delay: not ready, still serving")
             say(f"stopping in {delay:g}s (--shutdown-delay); /readyz answers 503, serving goes on meanwhile")
             return
-        self._stop("term")
+        self._stop(MasterState.STOPPING)
 
-    def _stop(self, mode: str) -> None:
+    def _stop(self, how: MasterState) -> None:
         self._finish_actions("the master is stopping")
-        super()._stop(mode)
+        super()._stop(how)
 
     def _finish_actions(self, reason: str) -> None:
         from daemon.actions import INTERRUPTED
@@ -258,11 +257,11 @@ class Arbiter(Pool):
     def on_interrupt(self) -> None:
         """INT: as TERM; a second INT is QUIT (Ctrl-C twice)."""
         self.interrupts += 1
-        self._stop("term" if self.interrupts == 1 else "quit")
+        self._stop(MasterState.STOPPING if self.interrupts == 1 else MasterState.QUITTING)
 
     def on_quit(self) -> None:
         """QUIT: workers exit at once, then the master."""
-        self._stop("quit")
+        self._stop(MasterState.QUITTING)
 
     def on_reload(self) -> None:
         """HUP: validate the new configuration, then roll the workers onto it."""
@@ -272,16 +271,16 @@ class Arbiter(Pool):
         """HUP's work, recorded as an :class:`~daemon.actions.Action` whose result ``corralctl`` waits for."""
         from daemon.actions import IGNORED, REFUSED
 
-        action, self._deferred_action = self._deferred_action or self.actions.begin("reload", origin), None
-        if self.stopping or self.stop_requested is not None:
+        deferred, self._deferred_reload = self._deferred_reload, None
+        action = deferred or self.actions.begin("reload", origin)
+        if self.state.leaving:
             self.actions.finish(action, IGNORED, "the master is stopping")
             return action
         if self.roll is not None and self.roll.reason == "upgrade":
             # Superseding the upgrade's roll would report the upgrade done (and
             # READY=1) before any new worker is ready: finish it first.
-            self._deferred_action = action
-            if not self.reload_deferred:
-                self.reload_deferred = True
+            self._deferred_reload = action
+            if deferred is None:
                 log.info("reload_deferred", reason="the USR2 upgrade's new generation is not ready yet; "
                          "the reload follows it")
                 say("reload deferred until the upgrade's new generation is ready")
@@ -317,14 +316,14 @@ class Arbiter(Pool):
 
     def on_scale_up(self) -> None:
         """TTIN: one worker more."""
-        if not self.stopping:
+        if not self.state.stopping:
             self.target = scale(self.target, +1)
             self.vacancy = Reason.TTIN.value
             log.info("scale", workers=self.target, reason="ttin")
 
     def on_scale_down(self) -> None:
         """TTOU: one worker fewer (never below one); the oldest retires."""
-        if self.stopping or self.target <= 1:  # never below one; after WINCH (0) stay at 0
+        if self.state.stopping or self.target <= 1:  # never below one; after WINCH (0) stay at 0
             return
         self.target = scale(self.target, -1)
         victim = oldest_serving(self.records.values())
@@ -353,7 +352,7 @@ class Arbiter(Pool):
         from daemon.actions import IGNORED
 
         action = self.actions.begin("upgrade", origin)
-        if self.stopping or self.stop_requested is not None:
+        if self.state.leaving:
             self.actions.finish(action, IGNORED, "the master is stopping")
             return action
         if self.upgrade is None:
@@ -367,9 +366,29 @@ class Arbiter(Pool):
         """Told by the upgrader: the running upgrade ended (``done``, ``rolled-back``, ``ignored``)."""
         self.actions.finish(self.actions.running("upgrade"), result, reason)
 
+    # -- what the upgrader sees (daemon.upgrade.Master) -------------------------
+
+    def live_workers(self) -> list[WorkerRecord]:
+        """The workers not reaped yet (the hand-off describes them to the next image)."""
+        return [record for record in self.records.values() if record.alive]
+
+    def recorded_signals(self) -> tuple[int, ...]:
+        """Signals received and not yet dispatched, oldest first."""
+        return tuple(self.pending)
+
+    def forget_recorded_signals(self) -> None:
+        """Drop them (the upgrader re-raises them, blocked, for the next image)."""
+        self.pending.clear()
+
+    def announce_ready(self, *, mainpid: bool = False) -> None:
+        """``READY=1`` to systemd; with ``mainpid``, ``MAINPID=`` first (the end of an upgrade)."""
+        if mainpid:
+            self.notify.mainpid(os.getpid())
+        self.notify.ready()
+
     def on_winch(self) -> None:
         """WINCH (off a terminal): stop every worker gracefully, keep master and sockets."""
-        if self.stopping:
+        if self.state.stopping:
             return
         if on_terminal():
             # In a terminal, WINCH only means the window was resized.
@@ -447,16 +466,14 @@ def on_terminal() -> bool:
         os.close(fd)
 
 
-def open_all(config: Any, inherited: dict[str, Any] | None) -> tuple[list[Listener], bool]:
-    """The listeners, and whether systemd passed some: handed-over ones, systemd's, ``config.binds``."""
-    if inherited is None:
-        from daemon import systemd
+class CannotStart(Exception):
+    """``run_master`` cannot start serving: the exit status, and why (for the previous image's workers)."""
 
-        fds = systemd.listen_fds()
-        if fds:
-            binds, inherited = systemd.match_names(fds, config.binds, implicit=systemd.implicit_bind(config))
-            return open_listeners(systemd.listen_slice(config, binds), inherited), True
-    return open_listeners(config, inherited), False
+    def __init__(self, status: int, reason: str, line: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.line = line  # printed on stderr as it is; None when it was already logged
 
 
 def run_master(config: Any, *, notify: Notifier | None = None) -> int:
@@ -466,8 +483,10 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
     hand-off of the previous image (``daemon.upgrade.resume``), adopts its
     listeners and workers, and rolls them onto the new code at once.
     ``notify`` defaults to an sd_notify client (a no-op without ``$NOTIFY_SOCKET``).
+    Whatever stops the start half-way goes through one clean-up (the ``except``
+    and ``finally`` below): the adopted workers are stopped, what was opened is closed.
     """
-    from daemon import upgrade
+    from daemon import systemd, upgrade
 
     pool.PLAIN_LINES = config.log_format != "json"
     owner = pidfile.running_master(config.pid) if config.pid else None
@@ -477,82 +496,79 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
               "or give this one another --pid file", file=sys.stderr, flush=True)
         return 1
     if notify is None:
-        from daemon.systemd import Notifier as SdNotifier
-
-        notify = SdNotifier.from_environ()
+        notify = systemd.Notifier.from_environ()
     resumed = upgrade.resume()
+    listeners: list[Listener] = []
+    sidecars: list[Any] = []
+    pid_written = started = False
     try:
-        if resumed is not None:
-            listeners, activated = open_all(resumed.listen_config(config), resumed.inherited)
-            resumed.claim_ownership(listeners)
-            activated = resumed.handoff.socket_activated
-        else:
-            listeners, activated = open_all(config, None)
-    except ListenerError as exc:
-        print(str(exc), file=sys.stderr, flush=True)
-        if resumed is not None:
-            resumed.abandon(str(exc))  # no orphans of the previous image
-        return 1
-    scheme = "https" if config.ssl_certfile else "http"
-    for listener in listeners:
-        log.info("listening", address=listener.url(scheme), inherited=listener.inherited)
-        say(f"listening on {listener.url(scheme)}")
-    app = None
-    if config.preload:
-        from daemon.config import env_overlay
-        from server_core.importer import AppLoadError, load
-
-        # The app is imported here: let it see --env-file as a worker would,
-        # without the master's own environment (its options) ever taking it in.
-        overlay = env_overlay(config)
-        os.environ.update(overlay)
+        # One path for every listener: the previous image's (USR2), systemd's, or bound here.
         try:
-            app = load(config.server_settings())
-        except AppLoadError as exc:
-            log.error("boot_failed", error=exc.message, details=exc.details, action="exit")
-            say(f"the application could not start: {exc}")
-            close_listeners(listeners)
-            if resumed is not None:
-                resumed.abandon(exc.message)
-            return EXIT_APP_FAILED
-        finally:
-            for name in overlay:
-                os.environ.pop(name, None)
-    if config.pid:
-        try:
-            pidfile.write(config.pid)
-        except OSError as exc:
-            print(f"corral: cannot write --pid {config.pid}: {exc.strerror or exc}", file=sys.stderr, flush=True)
-            close_listeners(listeners)
-            if resumed is not None:
-                resumed.abandon(f"cannot write --pid {config.pid}")
-            return 1
-    log.info("master_started", pid=os.getpid(), workers=config.workers)
-    upgrader = resumed.upgrader if resumed is not None else upgrade.Upgrader(socket_activated=activated)
-    try:
+            handed = resumed.handed if resumed is not None else systemd.handed_sockets()
+            listeners = open_listeners(config, handed)
+        except ListenerError as exc:
+            raise CannotStart(1, str(exc), str(exc)) from None
+        scheme = "https" if config.ssl_certfile else "http"
+        for listener in listeners:
+            log.info("listening", address=listener.url(scheme), inherited=listener.inherited)
+            say(f"listening on {listener.url(scheme)}")
+        app = preload(config) if config.preload else None
+        if config.pid:
+            try:
+                pidfile.write(config.pid)
+            except OSError as exc:
+                raise CannotStart(1, f"cannot write --pid {config.pid}",
+                                  f"corral: cannot write --pid {config.pid}: {exc.strerror or exc}") from None
+            pid_written = True
+        log.info("master_started", pid=os.getpid(), workers=config.workers)
+        started = True
+        activated = handed is not None and handed.socket_activated
+        upgrader = resumed.upgrader if resumed is not None else upgrade.Upgrader(socket_activated=activated)
         arbiter = Arbiter(config, listeners, notify=notify, app=app, upgrade=upgrader)
         upgrader.report = arbiter.upgrade_outcome
         arbiter.totals.take_inherited(keep=resumed is not None)
         try:
             sidecars = open_sidecars(arbiter, config)
         except Exception as exc:  # SidecarError: one line; anything else as well, never half-started
-            print(str(exc), file=sys.stderr, flush=True)
-            if resumed is not None:
-                resumed.abandon(str(exc))
-            return 1
+            raise CannotStart(1, str(exc), str(exc)) from None
         if resumed is not None:
             for record in resumed.adopted:
                 arbiter.adopt(record)
             arbiter.on_roll_end = lambda ok, error: upgrader.roll_finished(arbiter, ok, error)
             arbiter.start_roll(config, "upgrade")
             arbiter.actions.begin("upgrade", "handoff").generation = arbiter.generation
-        try:
-            return arbiter.run()
-        finally:
-            for sidecar in sidecars:
-                sidecar.close()
+        return arbiter.run()
+    except CannotStart as exc:
+        if exc.line is not None:
+            print(exc.line, file=sys.stderr, flush=True)
+        if resumed is not None:
+            resumed.abandon(exc.reason)  # no orphans of the previous image
+        return exc.status
     finally:
+        for sidecar in sidecars:
+            sidecar.close()
         close_listeners(listeners)
-        if config.pid:
+        if pid_written:
             pidfile.remove(config.pid)
-        log.info("master_stopped", pid=os.getpid())
+        if started:
+            log.info("master_stopped", pid=os.getpid())
+
+
+def preload(config: Any) -> Any:
+    """``--preload``: the app imported in the master (forked workers share it); :class:`CannotStart` (3) if not."""
+    from daemon.config import env_overlay
+    from server_core.importer import AppLoadError, load
+
+    # The app is imported here: let it see --env-file as a worker would,
+    # without the master's own environment (its options) ever taking it in.
+    overlay = env_overlay(config)
+    os.environ.update(overlay)
+    try:
+        return load(config.server_settings())
+    except AppLoadError as exc:
+        log.error("boot_failed", error=exc.message, details=exc.details, action="exit")
+        say(f"the application could not start: {exc}")
+        raise CannotStart(EXIT_APP_FAILED, exc.message) from None
+    finally:
+        for name in overlay:
+            os.environ.pop(name, None)

@@ -20,6 +20,7 @@ from importlib.util import find_spec
 from types import MappingProxyType
 from typing import Any
 
+from daemon.listeners import fd_address, parse_fd
 from daemon.options import BY_NAME, OPTIONS, Option
 from server_core.settings import ServerSettings
 
@@ -468,14 +469,12 @@ def parse_bind(addr: str, origin: str = "--bind") -> tuple[str, Any]:
         if not path:
             raise ConfigError(f"{origin}: {addr!r}: unix: needs a path")
         return "unix", path
-    if addr.startswith("fd://"):
-        target = addr[5:]
-        if target.isdigit():
-            return "fd", int(target)
-        # fd://NAME: a socket systemd passes under that LISTEN_FDNAMES name.
-        if not target or not all(c.isalnum() or c in "-_.@" for c in target):
-            raise ConfigError(f"{origin}: {addr!r}: fd:// needs a descriptor number or a socket name")
-        return "fdname", target
+    try:
+        target = parse_fd(addr)  # fd://N, or fd://NAME: a socket systemd passes under that name
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    if target is not None:
+        return ("fd", target) if isinstance(target, int) else ("fdname", target)
     host, sep, port_text = addr.rpartition(":")
     if not sep:
         raise ConfigError(f"{origin}: {addr!r}: expected HOST:PORT, [V6]:PORT, unix:PATH or fd://N")
@@ -499,7 +498,7 @@ def _binds(values: Mapping[str, Any], sources: Mapping[str, str]) -> tuple[str, 
     """The listeners to open: --fd, else --uds, else --host/--port (unless only --bind was given)."""
     binds: list[str] = []
     if values["fd"] is not None:
-        binds.append(f"fd://{values['fd']}")
+        binds.append(fd_address(values["fd"]))
     elif values["uds"]:
         binds.append(f"unix:{values['uds']}")
     elif not values["bind"] or "host" in sources or "port" in sources:

@@ -148,7 +148,7 @@ class ControlHandler:
             "generation": a.generation, "app": _jsonable(a.config.app),
             "listeners": [lst.url(scheme) for lst in a.listeners],
             "workers": {"ready": ready, "total": total, "wanted": a.target},
-            "stopping": bool(a.stopping) or a.stop_requested is not None,
+            "stopping": a.state.leaving,
             "rolling": a.roll is not None,
             "last_failure": a.last_failure,
             "last_action": last.as_dict() if last is not None else None,
@@ -215,7 +215,7 @@ class ControlHandler:
         wanted = a.target + number if text[:1] in "+-" else number
         if wanted < 1:
             raise ValueError(f"at least one worker (asked for {wanted})")
-        if a.stopping or a.stop_requested is not None:
+        if a.state.leaving:
             raise ValueError("the master is stopping")
         before = a.target
         while a.target < wanted:

@@ -3,9 +3,21 @@
 One function, :func:`open_listeners`, produces every listener, whatever its
 origin: an address the master binds itself (``HOST:PORT``, ``[V6]:PORT``,
 ``unix:PATH``), a descriptor handed down on the command line (``fd://N`` from
-``--fd``), or sockets handed over by systemd (``LISTEN_FDS``) or by the old
-master during a USR2 upgrade (the ``inherited`` mapping). First start, socket
-activation and the upgrade therefore run the same code.
+``--fd``), or sockets handed to this process before it binds anything — by
+systemd (``LISTEN_FDS``, see ``daemon.systemd.handed_sockets``) or by the
+previous image of a USR2 upgrade (``daemon.upgrade.resume``). Those two only
+*supply* a :class:`Handed`; which bind each socket satisfies, what is bound
+and what is adopted is decided here, so first start, socket activation and
+the upgrade run the same code.
+
+How handed sockets meet ``config.binds``: a bind naming a handed socket — by
+the address it really listens on, by systemd's ``FileDescriptorName``
+(``fd://NAME``) or by its descriptor (``fd://N``) — is that socket, adopted in
+the bind's place; handed sockets no bind names are adopted after the others
+(every socket systemd passes is served: units name their sockets, not the
+command line). Under socket activation the implicit default ``127.0.0.1:8000``
+(:func:`implicit_bind`) is not bound in addition. ``fd://`` addresses are
+parsed by :func:`parse_fd`, here only (``daemon.config`` validates with it).
 
 An inherited socket belongs to someone else as well: it is never
 ``shutdown(2)`` (that would stop the other holder's accepts too) and its UNIX
@@ -19,8 +31,10 @@ import os
 import socket
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+FD_PREFIX = "fd://"
 
 
 class ListenerError(Exception):
@@ -38,6 +52,59 @@ class ListenConfig(Protocol):
     def backlog(self) -> int: ...
     @property
     def reuse_port(self) -> bool: ...
+    def explicit(self, name: str) -> bool: ...
+
+
+@dataclass
+class Handed:
+    """Listening sockets this process was given before binding anything.
+
+    From systemd (``daemon.systemd.handed_sockets``) or from the previous
+    image of a USR2 (``daemon.upgrade.resume``); see the module docstring for
+    how they meet ``config.binds``.
+    """
+
+    sockets: dict[str, socket.socket]  # by address (address_key, or the bind the previous image opened)
+    names: Mapping[str, str] = field(default_factory=dict)  # systemd's FileDescriptorName -> address
+    owned: frozenset[str] = frozenset()  # addresses the previous image bound itself: ours to unlink at exit
+    socket_activated: bool = False  # systemd passed them, to this image or to the previous one
+
+
+def parse_fd(address: str) -> int | str | None:
+    """What an ``fd://`` address names: a descriptor (``fd://3`` -> 3) or a socket systemd passes by name
+    (``fd://web`` -> ``"web"``); None for any other address.
+
+    The one parser of ``fd://`` (``daemon.config.parse_bind`` validates with
+    it); ``ValueError`` when what follows is neither a number nor a name.
+    """
+    if not address.startswith(FD_PREFIX):
+        return None
+    target = address[len(FD_PREFIX):]
+    if target.isdigit():
+        return int(target)
+    if target and all(c.isalnum() or c in "-_.@" for c in target):
+        return target
+    raise ValueError(f"{address!r}: fd:// needs a descriptor number or a socket name")
+
+
+def fd_address(fd: int) -> str:
+    """The listener address of descriptor ``fd`` (``--fd 3`` is ``fd://3``)."""
+    return f"{FD_PREFIX}{fd}"
+
+
+def implicit_bind(config: ListenConfig) -> str | None:
+    """The default ``HOST:PORT`` in ``config.binds`` when the user asked for no address at all.
+
+    When none of ``--fd``, ``--uds``, ``--host``, ``--port`` came from anywhere
+    but the defaults, the first bind is the implicit ``127.0.0.1:8000``, which
+    socket-activated sockets replace.
+    """
+    if any(config.explicit(name) for name in ("fd", "uds", "host", "port")):
+        return None
+    binds = config.binds
+    if not binds or binds[0].startswith(("unix:", FD_PREFIX)):
+        return None
+    return binds[0]
 
 
 @dataclass
@@ -205,47 +272,72 @@ def _adopt(sock: socket.socket, backlog: int, label: str) -> Listener:
     return Listener(address=label, sock=sock, inherited=True, unix_path=path)
 
 
-def open_listeners(config: ListenConfig,
-                   inherited: Mapping[str, socket.socket] | None = None) -> list[Listener]:
-    """Every listener of ``config.binds``, adopting inherited sockets before binding.
+def open_listeners(config: ListenConfig, handed: Handed | None = None) -> list[Listener]:
+    """Every listener of ``config.binds``, adopting ``handed`` sockets before binding anything.
 
-    ``inherited`` maps a normalised address (see :func:`address_key`) to a
-    socket already listening there — from systemd or the previous master. An
-    address found there is adopted instead of bound; inherited sockets no bind
-    asks for are adopted too (systemd units name their sockets, not the
-    command line). On any failure, what was opened is closed and
-    :class:`ListenerError` says which address and why.
+    The one entry for bind, ``--fd``, systemd's ``LISTEN_FDS`` and the USR2
+    hand-off (rules in the module docstring). On any failure, what was opened
+    is closed and :class:`ListenerError` says which address and why.
     """
-    pending = dict(inherited or {})
+    handed = handed if handed is not None else Handed(sockets={})
+    implicit = implicit_bind(config) if handed.socket_activated and handed.sockets else None
+    taken: set[str] = set()
     opened: list[Listener] = []
     try:
         for address in config.binds:
-            if address in pending:
-                opened.append(_adopt(pending.pop(address), config.backlog, address))
-            elif address.startswith("fd://"):
-                try:
-                    fd = int(address[len("fd://"):])
-                except ValueError:
-                    raise ListenerError(
-                        f"corral: {address} names a socket that systemd passes (LISTEN_FDNAMES), "
-                        "but this process was not socket-activated") from None
-                same = next((key for key, sock in pending.items() if sock.fileno() == fd), None)
-                if same is not None:
-                    # Already handed over under its address (systemd's socket after a
-                    # USR2): one socket object per descriptor, or it is closed twice.
-                    opened.append(_adopt(pending.pop(same), config.backlog, same))
-                else:
-                    opened.append(adopt_fd(fd, config.backlog, address))
+            if address == implicit:
+                continue
+            key = _handed_key(address, handed)
+            if key is not None:
+                if key not in taken:  # one socket object per descriptor, or it is closed twice
+                    taken.add(key)
+                    opened.append(_adopt(handed.sockets[key], config.backlog, key))
+                continue
+            target = _fd_target(address)
+            if isinstance(target, str):
+                raise ListenerError(
+                    f"corral: {address} names a socket that systemd passes (LISTEN_FDNAMES), "
+                    "but this process was not socket-activated")
+            if target is not None:
+                opened.append(adopt_fd(target, config.backlog, address))
             elif address.startswith("unix:"):
                 opened.append(_bind_unix(address, config))
             else:
                 opened.append(_bind_tcp(address, config))
-        for address, sock in pending.items():
-            opened.append(_adopt(sock, config.backlog, address))
+        for key, sock in handed.sockets.items():
+            if key not in taken:
+                opened.append(_adopt(sock, config.backlog, key))
     except BaseException:
         close_listeners(opened)
         raise
+    for listener in opened:
+        if listener.address in handed.owned:
+            listener.inherited = False  # the previous image bound it: its UNIX file is ours to remove
     return opened
+
+
+def _fd_target(address: str) -> int | str | None:
+    try:
+        return parse_fd(address)
+    except ValueError as exc:
+        raise ListenerError(f"corral: bad listener address {exc}") from None
+
+
+def _handed_key(address: str, handed: Handed) -> str | None:
+    """The handed socket ``address`` names (its key in ``handed.sockets``), or None."""
+    if address in handed.sockets:
+        return address
+    target = _fd_target(address)
+    if isinstance(target, str) and handed.names:
+        if target not in handed.names:
+            known = ", ".join(sorted(handed.names)) or "none"
+            raise ListenerError(f"corral: --bind {address}: systemd passed no socket named {target!r} "
+                                f"(names: {known})")
+        return handed.names[target]
+    if isinstance(target, int):
+        # `--fd 3` naming a descriptor systemd passed (or that crossed the USR2 exec).
+        return next((key for key, sock in handed.sockets.items() if sock.fileno() == target), None)
+    return None
 
 
 def close_listeners(listeners: Iterable[Listener]) -> None:

@@ -288,7 +288,7 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
 
 def ready(arbiter: Any) -> tuple[bool, str]:
     """/readyz: at least one worker ready and the master not stopping (nor in --shutdown-delay)."""
-    if arbiter.stopping or arbiter.stop_requested is not None:
+    if arbiter.state.leaving:
         return False, "stopping"
     from daemon.workers import counts
 

@@ -30,6 +30,8 @@ import structlog
 from daemon.actions import Actions
 from daemon.config import env_overlay
 from daemon.listeners import Listener
+from daemon.master_state import MasterState
+from daemon.master_state import transition as master_transition
 from daemon.metrics import Totals
 from daemon.spawn import read_pipe, reap, send_signal, spawn_worker, unexpected_exit
 from daemon.workers import (
@@ -88,6 +90,7 @@ class Notifier(Protocol):
     def stopping(self) -> object: ...
     def status(self, text: str) -> object: ...
     def watchdog(self) -> object: ...
+    def mainpid(self, pid: int | None = None) -> object: ...
 
 
 class NullNotifier:
@@ -108,6 +111,9 @@ class NullNotifier:
         pass
 
     def watchdog(self) -> None:
+        pass
+
+    def mainpid(self, pid: int | None = None) -> None:
         pass
 
 
@@ -155,13 +161,17 @@ class Pool:
         self.roll: Roll | None = None
         self.vacancy = Reason.START.value
         self.failures = 0  # consecutive failed boots while serving
-        self.on_hold = False  # --reload with a broken app: spawn nothing until the next HUP
         self.retry_at: float | None = None
+        # The master's mode; changed by _set_state only (daemon.master_state has the table).
+        self.state = MasterState.SERVING
+        # Facts, not modes (they only ever become True): some worker was ready once
+        # (a failed boot is retried from then on), and READY=1 was sent.
         self.ever_ready = False
         self.announced_ready = False
         self.last_failure = ""
-        self.stopping: str | None = None
         self.stop_deadline: float | None = None
+        # When --shutdown-delay's wait ends (the master is LEAVING until then).
+        self.stop_requested: float | None = None
         self.exit_status = 0
         self.next_memory_sample: float | None = None
         # The signals sent to each live worker: an exit by any other signal was not our doing.
@@ -222,13 +232,19 @@ class Pool:
                  ready=ready, total=total, **fields)
         self._update_status()
 
+    def _set_state(self, new: MasterState, **fields: Any) -> None:
+        """The one place the master's mode changes, and is logged (``master_state``)."""
+        old, self.state = self.state, master_transition(self.state, new)
+        if new is not old:
+            log.info("master_state", state=new.value, previous=old.value, **fields)
+
     def _update_status(self) -> None:
         ready = counts(self.records.values())[0]
         text = status_line(self.records.values(), self.generation, self.last_failure)
         if text != self._last_status:
             self._last_status = text
             self.notify.status(text)
-        if not self.announced_ready and not self.stopping and ready >= max(1, self.target):
+        if not self.announced_ready and not self.state.stopping and ready >= max(1, self.target):
             self.announced_ready = True
             say(f"ready: {ready} worker{'s' if ready != 1 else ''} serving (master pid {os.getpid()})")
             self.notify.ready()
@@ -276,7 +292,7 @@ class Pool:
 
     def _maintain(self) -> None:
         """Apply the plan: spawn what is missing, retire what is in excess."""
-        if self.stopping or self.on_hold:
+        if self.state.stopping or self.state is MasterState.HELD:
             return
         decision = plan(self.records.values(), target=self.target, floor=self.floor,
                         gap_reason=self.vacancy, now=time.monotonic(), retry_at=self.retry_at,
@@ -308,7 +324,7 @@ class Pool:
         previous = record.state
         del self.records[record.pid]
         in_roll = self.roll is not None and record.generation == self.roll.generation
-        verdict = exit_verdict(previous, ever_ready=self.ever_ready, stopping=bool(self.stopping),
+        verdict = exit_verdict(previous, ever_ready=self.ever_ready, stopping=self.state.stopping,
                                in_roll=in_roll, reloading=bool(self.config.reload))
         reason = record.drain_reason or (Reason.CRASH.value if verdict is Verdict.CRASH else "")
         self._transition(record, State.GONE, status=record.exit_status, reason=reason)
@@ -332,13 +348,17 @@ class Pool:
             log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message, action="exit")
             say(f"the application could not start: {message}")
             self.exit_status = EXIT_APP_FAILED
-            self._stop("quit")
+            self._stop(MasterState.QUITTING)
         elif verdict is Verdict.WAIT:
             log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message,
                       action="wait-for-change")
             say(f"the application could not start, waiting for a change: {message}")
-            self.on_hold = True
             self.roll = None
+            if self.state is MasterState.LEAVING:
+                # Leaving anyway (--shutdown-delay): spawn nothing until the delay ends and the stop begins.
+                self.retry_at = self.stop_requested
+            else:
+                self._set_state(MasterState.HELD, reason="boot-failed")
         elif verdict is Verdict.ABORT_ROLL and self.roll is not None:
             log.error("roll_aborted", generation=self.roll.generation, worker=record.pid, error=message)
             say(f"reload aborted, the previous workers keep serving: {message}")
@@ -375,7 +395,7 @@ class Pool:
         cfg = self.config
         for record, what in due(self.records.values(), now, boot_timeout=cfg.timeout_worker_boot,
                                 heartbeat_timeout=cfg.timeout_worker_healthcheck,
-                                supervising=not self.stopping):
+                                supervising=not self.state.stopping):
             if what is Due.KILL:
                 record.kill_at = None
                 log.warning("worker_killed", worker=record.pid, reason=record.drain_reason)
@@ -427,11 +447,12 @@ class Pool:
 
     # -- stop, roll, adopt ---------------------------------------------------
 
-    def _stop(self, mode: str) -> None:
-        """Stop every worker: ``term`` gracefully, ``quit`` at once; each with a kill deadline."""
-        if self.stopping == "quit" or self.stopping == mode:
+    def _stop(self, how: MasterState) -> None:
+        """Stop every worker: ``STOPPING`` gracefully, ``QUITTING`` at once; each with a kill deadline."""
+        if self.state is MasterState.QUITTING or self.state is how:
             return
-        self.stopping = mode
+        mode = "quit" if how is MasterState.QUITTING else "term"
+        self._set_state(how)
         self.notify.stopping()
         now = time.monotonic()
         if mode == "quit":
@@ -451,6 +472,9 @@ class Pool:
         if self.roll is not None:
             self.actions.roll_ended(self.roll.generation, ok, error, superseded)
         self.roll = None
+        if self.state.rolling and not superseded:
+            # (A roll that began before a TERM with --shutdown-delay ends while the master is leaving.)
+            self._set_state(MasterState.SERVING, roll="done" if ok else "aborted")
         if self.on_roll_end is not None:
             callback, self.on_roll_end = self.on_roll_end, None
             callback(ok, error)
@@ -468,7 +492,9 @@ class Pool:
         self.generation = self.floor = self.roll.generation
         self.target = int(config.workers)
         self.vacancy = reason
-        self.failures, self.retry_at, self.on_hold = 0, None, False
+        self.failures, self.retry_at = 0, None
+        self._set_state(MasterState.UPGRADING if reason == "upgrade" else MasterState.ROLLING,
+                        generation=self.generation)
         if config.limit_worker_memory and self.next_memory_sample is None:
             self.next_memory_sample = time.monotonic() + MEMORY_INTERVAL
         log.info("roll_started", generation=self.generation, workers=self.target, reason=reason)

@@ -18,15 +18,10 @@ needs no systemd package:
   unconditionally. A failed send is logged once at debug level and otherwise
   ignored: systemd being gone must never take the master down.
 
-How adopted sockets meet ``--bind`` (see :func:`match_names`): every socket
-systemd hands over is served. A ``--bind`` entry whose address is the one an
-adopted socket really listens on is satisfied by that socket (not bound a
-second time); ``--bind fd://NAME`` (a non-numeric fd) asserts that systemd
-passed a socket named NAME and is satisfied by it, and ``--fd N`` /
-``--bind fd://N`` naming one of the passed descriptors is that adopted socket. The implicit default
-``127.0.0.1:8000`` is *not* bound in addition — under socket activation the
-unit decides where corral listens. Explicit ``--host/--port/--uds/--bind``
-entries that match no adopted socket are bound as usual.
+What this module does with the sockets ends at :func:`handed_sockets`: it
+wraps them and hands them to ``daemon.listeners.open_listeners``, which
+decides which ``--bind`` entry each satisfies (``fd://NAME``, ``fd://N``, the
+address it listens on) and drops the implicit default bind.
 """
 
 from __future__ import annotations
@@ -34,16 +29,11 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, MutableMapping
 
 import structlog
 
-from daemon.listeners import ListenerError, address_key
-
-if TYPE_CHECKING:
-    from daemon.config import Config
+from daemon.listeners import Handed, ListenerError, address_key
 
 log = structlog.get_logger("corral.master")
 
@@ -94,45 +84,20 @@ def listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | None 
     return found
 
 
-@dataclass(frozen=True)
-class ListenSlice:
-    """A ``daemon.listeners.ListenConfig`` with the binds adjusted for adopted sockets."""
-
-    binds: tuple[str, ...]
-    uds_mode: int
-    backlog: int
-    reuse_port: bool
+def handed_sockets(environ: MutableMapping[str, str] | None = None) -> Handed | None:
+    """The sockets systemd passed to this process (:func:`listen_fds`), for ``open_listeners``; None if none."""
+    fds = listen_fds(environ)
+    return wrap_fds(fds) if fds else None
 
 
-def implicit_bind(config: Config) -> str | None:
-    """The default ``HOST:PORT`` in ``config.binds`` when the user asked for no address at all.
+def wrap_fds(fds: Iterable[tuple[int, str]]) -> Handed:
+    """Wrap the ``(fd, name)`` pairs of :func:`listen_fds`: keyed by the address each really listens on.
 
-    ``config`` is a ``daemon.config.Config``: when none of ``--fd``, ``--uds``,
-    ``--host``, ``--port`` came from anywhere but the defaults, the first bind
-    is the implicit ``127.0.0.1:8000``, which adopted sockets replace.
-    """
-    if any(config.explicit(name) for name in ("fd", "uds", "host", "port")):
-        return None
-    binds = config.binds
-    if not binds or binds[0].startswith(("unix:", "fd://")):
-        return None
-    return binds[0]
-
-
-def match_names(fds: Iterable[tuple[int, str]], binds: Sequence[str], *,
-                implicit: str | None = None) -> tuple[tuple[str, ...], dict[str, socket.socket]]:
-    """Pair adopted descriptors with ``--bind`` entries: ``(binds still to open, inherited)``.
-
-    ``inherited`` maps each adopted socket's real address (the key
-    ``daemon.listeners.open_listeners`` looks up) to its socket; the returned
-    binds are ``binds`` without ``implicit``, without ``fd://NAME`` entries
-    (checked against the names), without ``fd://N`` entries naming a passed
-    descriptor and without addresses an adopted socket already listens on. A ``fd://NAME`` naming no passed socket raises
+    A descriptor that is not a stream socket raises
     :class:`~daemon.listeners.ListenerError`.
     """
-    inherited: dict[str, socket.socket] = {}
+    sockets: dict[str, socket.socket] = {}
     names: dict[str, str] = {}
-    by_fd: set[int] = set()
     for fd, name in fds:
         try:
             sock = socket.socket(fileno=fd)
@@ -144,33 +109,9 @@ def match_names(fds: Iterable[tuple[int, str]], binds: Sequence[str], *,
             raise ListenerError(f"corral: systemd socket {name!r} (fd {fd}) is not a stream socket "
                                 "(use ListenStream=, not ListenDatagram=)")
         key = address_key(sock)
-        inherited[key] = sock
+        sockets[key] = sock
         names.setdefault(name, key)
-        by_fd.add(fd)
-    remaining: list[str] = []
-    for bind in binds:
-        if bind == implicit and inherited:
-            continue
-        if bind.startswith("fd://") and not bind[5:].isdigit():
-            if bind[5:] not in names:
-                known = ", ".join(sorted(names)) or "none"
-                raise ListenerError(f"corral: --bind {bind}: systemd passed no socket named "
-                                    f"{bind[5:]!r} (names: {known})")
-            continue
-        if bind.startswith("fd://") and bind[5:].isdigit() and int(bind[5:]) in by_fd:
-            # `--fd 3` / `--bind fd://3` naming a descriptor systemd passed: that
-            # adopted socket (wrapping the fd a second time would close it twice).
-            continue
-        if bind in inherited:
-            continue  # open_listeners adopts it under this very key
-        remaining.append(bind)
-    return tuple(remaining), inherited
-
-
-def listen_slice(config: Config, binds: Sequence[str]) -> ListenSlice:
-    """The listener settings of ``config`` with ``binds`` in place of ``config.binds``."""
-    return ListenSlice(binds=tuple(binds), uds_mode=config.uds_mode,
-                       backlog=config.backlog, reuse_port=config.reuse_port)
+    return Handed(sockets=sockets, names=names, socket_activated=True)
 
 
 def _monotonic_usec() -> int:

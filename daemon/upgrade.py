@@ -29,8 +29,8 @@ The steps, driven by the arbiter:
    the same ``sys.orig_argv`` (works for the ``corral`` script, ``python -m
    daemon`` and a script calling ``daemon.run``).
 3. **Adopt** (new image): :func:`read_handoff` takes the description out of
-   the environment; the listeners go through ``open_listeners(config,
-   inherited=...)`` like any first start; the old workers are still children
+   the environment; its sockets go to ``daemon.listeners.open_listeners``
+   like systemd's or none at all; the old workers are still children
    and become the previous generation; then the same readiness-gated roll as
    HUP replaces them. If the new generation is not ready within
    ``--timeout-worker-boot`` or dies, it is killed, the old workers keep
@@ -39,25 +39,29 @@ The steps, driven by the arbiter:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
 
 import structlog
 
+from daemon.handoff import HANDOFF_VAR, HANDOFF_VERSION, Handoff, ListenerHandoff, WorkerHandoff, read_handoff
+from daemon.listeners import Handed, Listener
+from daemon.master_state import MasterState
 from daemon.upgrade_check import Preflight, config_argv
 from daemon.upgrade_check import main as check_entry
+from daemon.workers import State, WorkerRecord
+
+__all__ = ["BLOCKED_SIGNALS", "HANDOFF_VAR", "HANDOFF_VERSION", "STOP_SIGNALS", "Handoff", "ListenerHandoff",
+           "Master", "Resumed", "Upgrader", "WorkerHandoff", "build_handoff", "exec_in_place", "read_handoff",
+           "resume"]
 
 log = structlog.get_logger("corral.master")
 
-HANDOFF_VAR = "CORRAL_HANDOFF"
-HANDOFF_VERSION = 1
 # The log events of an upgrade (tests and operators grep for these names).
 EVENT_STARTED = "upgrade_started"  # USR2 accepted, preflight running
 EVENT_EXEC = "upgrade_exec"  # preflight passed, re-executing now
@@ -72,93 +76,6 @@ BLOCKED_SIGNALS = frozenset({
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
     signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT,
 })
-
-
-@dataclass(frozen=True)
-class ListenerHandoff:
-    """One listening socket crossing the exec."""
-
-    fd: int
-    address: str  # the key open_listeners looks up (daemon.listeners.address_key or the bind)
-    owned: bool  # we bound it (a UNIX path we created is ours to unlink at exit)
-
-
-@dataclass(frozen=True)
-class WorkerHandoff:
-    """One live worker crossing the exec: still our child afterwards."""
-
-    pid: int
-    control_fd: int  # read end of its control pipe
-    generation: int
-    started_at: float  # time.monotonic(): CLOCK_MONOTONIC is system-wide, so it survives exec
-    serial: int = 0
-    state: str = "ready"  # a daemon.workers.State value
-
-
-@dataclass(frozen=True)
-class Handoff:
-    """Everything the new image needs to carry on where the old one stopped."""
-
-    listeners: tuple[ListenerHandoff, ...]
-    workers: tuple[WorkerHandoff, ...]
-    generation: int
-    socket_activated: bool = False  # listeners came from systemd: do not bind the implicit default
-    upgraded_at: float = field(default_factory=time.monotonic)
-
-    def to_json(self) -> str:
-        """The handoff as the JSON text of ``$CORRAL_HANDOFF``."""
-        data = asdict(self)
-        data["v"] = HANDOFF_VERSION
-        return json.dumps(data, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> Handoff:
-        """Parse ``$CORRAL_HANDOFF``; ``ValueError`` when it is not ours or malformed."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.pop("v", None) != HANDOFF_VERSION:
-            raise ValueError("unknown CORRAL_HANDOFF version")
-        try:
-            return cls(
-                listeners=tuple(ListenerHandoff(**item) for item in data["listeners"]),
-                workers=tuple(WorkerHandoff(**item) for item in data["workers"]),
-                generation=int(data["generation"]),
-                socket_activated=bool(data.get("socket_activated", False)),
-                upgraded_at=float(data.get("upgraded_at", time.monotonic())),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed CORRAL_HANDOFF: {exc}") from None
-
-    def sockets(self) -> dict[str, socket.socket]:
-        """``{address: socket}`` for ``open_listeners(config, inherited=...)``."""
-        return {item.address: socket.socket(fileno=item.fd) for item in self.listeners}
-
-    def owned_addresses(self) -> frozenset[str]:
-        """Addresses the master bound itself (after open_listeners, set ``inherited=False`` on these)."""
-        return frozenset(item.address for item in self.listeners if item.owned)
-
-
-def read_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | None:
-    """The handoff left by the previous image, removed from the environment; None on a first start.
-
-    A malformed value is dropped with ``None``: starting fresh is safer than
-    guessing which descriptors are which.
-    """
-    env = os.environ if environ is None else environ
-    text = env.pop(HANDOFF_VAR, None)
-    os.environ.pop(HANDOFF_VAR, None)
-    if not text:
-        return None
-    try:
-        handoff = Handoff.from_json(text)
-    except ValueError:
-        return None
-    # The exec made them inheritable; the app's own subprocesses must not get them.
-    for fd in [item.fd for item in handoff.listeners] + [w.control_fd for w in handoff.workers]:
-        try:
-            os.set_inheritable(fd, False)
-        except OSError:
-            pass
-    return handoff
 
 
 def block_signals() -> None:
@@ -202,12 +119,30 @@ def exec_in_place(handoff: Handoff, argv: Sequence[str] | None = None) -> NoRetu
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class Master(Protocol):
+    """What the upgrader sees of the master (``daemon.arbiter.Arbiter`` is one): the whole interface."""
+
+    @property
+    def config(self) -> Any: ...  # daemon.config.Config: the command line for the preflight
+    @property
+    def state(self) -> MasterState: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def listeners(self) -> Sequence[Listener]: ...
+    def live_workers(self) -> Iterable[WorkerRecord]: ...
+    def watch(self, source: Preflight) -> None: ...  # wait on the preflight in the master's selector
+    def recorded_signals(self) -> tuple[int, ...]: ...  # received, not yet dispatched
+    def forget_recorded_signals(self) -> None: ...
+    def announce_ready(self, *, mainpid: bool = False) -> None: ...  # READY=1 (and MAINPID=) to systemd
+
+
 class Upgrader:
-    """The USR2 handler the arbiter calls (``run_master(upgrade=...)``): one upgrade at a time.
+    """The USR2 handler the arbiter calls (``Arbiter(upgrade=...)``): one upgrade at a time.
 
     First half, in the running image: start the :class:`Preflight` and have
-    the arbiter watch it; on success hand everything over and exec. Second
-    half, in the new image (``resumed=True``): the arbiter rolls the adopted
+    the master watch it; on success hand everything over and exec. Second
+    half, in the new image (``resumed=True``): the master rolls the adopted
     workers and reports the roll's end through :meth:`roll_finished`.
     """
 
@@ -218,21 +153,21 @@ class Upgrader:
         # Told each outcome (result, reason): the arbiter records it for corralctl (daemon.actions).
         self.report: Callable[[str, str], None] | None = None
 
-    def in_flight(self, arbiter: Any) -> str | None:
+    def in_flight(self, master: Master) -> str | None:
         """Why a USR2 now must be ignored, or None."""
         if self.check is not None and self.check.ok is None:
             return "the upgrade check of a previous USR2 is still running"
         if self.rolling:
             return "the new generation of the previous upgrade is not ready yet"
-        if getattr(arbiter, "roll", None) is not None:
+        if master.state.rolling:
             return "a rolling restart is in progress"
-        if getattr(arbiter, "stopping", None):
+        if master.state.leaving:
             return "the master is stopping"
         return None
 
-    def __call__(self, arbiter: Any) -> None:
+    def __call__(self, master: Master) -> None:
         """USR2: start the check of the new code (the exec follows when it passes)."""
-        busy = self.in_flight(arbiter)
+        busy = self.in_flight(master)
         if busy:
             log.warning(EVENT_IGNORED, reason=busy)
             _say(f"USR2 ignored: {busy}")
@@ -241,23 +176,24 @@ class Upgrader:
             return
         if self.check is not None:
             self.check.close()
-        config = arbiter.config
+        config = master.config
         argv = config_argv(config)
         log.info(EVENT_STARTED, pid=os.getpid(), check=" ".join(argv))
         try:
             self.check = Preflight(argv, float(config.timeout_worker_boot),
-                                   on_done=lambda check: self._checked(arbiter, check))
+                                   on_done=lambda check: self._checked(master, check))
         except OSError as exc:
             self._rollback(f"cannot start the upgrade check: {exc}", stage="check")
             return
-        arbiter.watch(self.check)
+        master.watch(self.check)
 
-    def _checked(self, arbiter: Any, check: Preflight) -> None:
+    def _checked(self, master: Master, check: Preflight) -> None:
         if not check.ok:
             self._rollback(check.reason, stage="check")
             return
-        busy = "the master is stopping" if getattr(arbiter, "stopping", None) else None
-        if busy is None and getattr(arbiter, "roll", None) is not None:
+        # A stop asked during the check (a TERM with --shutdown-delay included) wins over the exec.
+        busy = "the master is stopping" if master.state.leaving else None
+        if busy is None and master.state.rolling:
             busy = "a rolling restart started during the check"
         if busy:
             self._rollback(busy, stage="check")
@@ -265,22 +201,20 @@ class Upgrader:
         # From here no signal may be lost: block them (a new one stays pending
         # in the kernel, across the exec) and deal with those already recorded.
         block_signals()
-        pending = getattr(arbiter, "pending", None)
-        recorded = list(pending) if pending is not None else []
+        recorded = master.recorded_signals()
         stops = [sig for sig in recorded if sig in STOP_SIGNALS]
         if stops:
             # A stop asked while the check ran: stop, do not upgrade.
             unblock_signals()
             self._rollback(f"{signal.Signals(stops[0]).name} arrived during the check", stage="check")
             return
-        if pending is not None:
-            # Re-raised while blocked, each stays pending across execve and is
-            # handled by the new image once it unblocks (or here, if exec fails).
-            pending.clear()
-            for sig in dict.fromkeys(recorded):
-                os.kill(os.getpid(), sig)
+        # Re-raised while blocked, each stays pending across execve and is
+        # handled by the new image once it unblocks (or here, if exec fails).
+        master.forget_recorded_signals()
+        for sig in dict.fromkeys(recorded):
+            os.kill(os.getpid(), sig)
         try:
-            handoff = build_handoff(arbiter, socket_activated=self.socket_activated)
+            handoff = build_handoff(master, socket_activated=self.socket_activated)
             log.info(EVENT_EXEC, pid=os.getpid(), argv=" ".join(exec_argv()), workers=len(handoff.workers),
                      listeners=len(handoff.listeners))
             exec_in_place(handoff)
@@ -290,7 +224,7 @@ class Upgrader:
             unblock_signals()
             raise
 
-    def roll_finished(self, arbiter: Any, ok: bool, error: str = "") -> None:
+    def roll_finished(self, master: Master, ok: bool, error: str = "") -> None:
         """Call when the roll of the adopted workers ends: done, or rolled back with ``error``."""
         if not self.rolling:
             return
@@ -298,17 +232,13 @@ class Upgrader:
         if not ok:
             self._rollback(error or "the new generation did not become ready", stage="new-generation")
             return
-        log.info(EVENT_DONE, pid=os.getpid(), generation=getattr(arbiter, "generation", None))
+        log.info(EVENT_DONE, pid=os.getpid(), generation=master.generation)
         if self.report is not None:
             self.report("done", "")
         _say(f"upgrade done: master pid {os.getpid()} runs the new code")
-        notify = getattr(arbiter, "notify", None)
         # Same PID, so MAINPID= changes nothing for systemd; sent anyway so a
         # unit that watched a PID file or a tool following MAINPID stays right.
-        if notify is not None and hasattr(notify, "mainpid"):
-            notify.mainpid(os.getpid())
-        if notify is not None:
-            notify.ready()
+        master.announce_ready(mainpid=True)
 
     def _rollback(self, reason: str, *, stage: str) -> None:
         log.error(EVENT_ROLLBACK, reason=reason, stage=stage)
@@ -317,19 +247,19 @@ class Upgrader:
         _say(f"upgrade rolled back ({stage}), the running workers keep serving: {reason}")
 
 
-def build_handoff(arbiter: Any, *, socket_activated: bool = False) -> Handoff:
-    """Describe the arbiter's listeners and live workers for the next image."""
+def build_handoff(master: Master, *, socket_activated: bool = False) -> Handoff:
+    """Describe the master's listeners and live workers for the next image."""
     listeners = tuple(
         ListenerHandoff(fd=item.sock.fileno(), address=item.address, owned=not item.inherited)
-        for item in arbiter.listeners
+        for item in master.listeners
     )
     workers = tuple(
         WorkerHandoff(pid=record.pid, control_fd=record.read_fd, generation=record.generation,
                       started_at=record.started_at, serial=record.serial, state=record.state.value)
-        for record in arbiter.records.values()
-        if record.state.value != "gone" and record.read_fd is not None
+        for record in master.live_workers()
+        if record.state is not State.GONE and record.read_fd is not None
     )
-    return Handoff(listeners=listeners, workers=workers, generation=int(arbiter.generation),
+    return Handoff(listeners=listeners, workers=workers, generation=int(master.generation),
                    socket_activated=socket_activated)
 
 
@@ -338,18 +268,9 @@ class Resumed:
     """What a re-executed master takes over: pass to ``run_master``."""
 
     handoff: Handoff
-    inherited: dict[str, socket.socket]
-    adopted: list[Any]  # daemon.workers.WorkerRecord
+    handed: Handed  # the listening sockets, for daemon.listeners.open_listeners
+    adopted: list[WorkerRecord]
     upgrader: Upgrader
-
-    def listen_config(self, config: Any) -> Any:
-        """``config`` for ``open_listeners``: without the implicit default bind when systemd's sockets came along."""
-        if not self.handoff.socket_activated:
-            return config
-        from daemon import systemd
-
-        implicit = systemd.implicit_bind(config)
-        return systemd.listen_slice(config, [b for b in config.binds if b != implicit])
 
     def abandon(self, reason: str) -> None:
         """The new image cannot serve after all (a listener error, say): stop the adopted workers.
@@ -365,21 +286,12 @@ class Resumed:
             except ProcessLookupError:
                 pass
 
-    def claim_ownership(self, listeners: Sequence[Any]) -> None:
-        """Mark the sockets the first image bound itself as ours again (their UNIX files go at exit)."""
-        owned = self.handoff.owned_addresses()
-        for listener in listeners:
-            if listener.address in owned:
-                listener.inherited = False
-
 
 def resume(environ: MutableMapping[str, str] | None = None) -> Resumed | None:
     """In the new image: the hand-off as ``run_master`` arguments, or None on a first start."""
     handoff = read_handoff(environ)
     if handoff is None:
         return None
-    from daemon.workers import State, WorkerRecord
-
     now = time.monotonic()
     adopted = []
     for item in handoff.workers:
@@ -392,7 +304,7 @@ def resume(environ: MutableMapping[str, str] | None = None) -> Resumed | None:
         ))
     log.info(EVENT_ADOPTED, pid=os.getpid(), workers=len(adopted), listeners=len(handoff.listeners),
              generation=handoff.generation)
-    return Resumed(handoff=handoff, inherited=handoff.sockets(), adopted=adopted,
+    return Resumed(handoff=handoff, handed=handoff.handed(), adopted=adopted,
                    upgrader=Upgrader(socket_activated=handoff.socket_activated, resumed=True))
 
 

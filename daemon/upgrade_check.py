@@ -9,7 +9,9 @@ after ``CHECK_PREFIX`` and exits non-zero.
 Master side: :func:`config_argv` rebuilds the command line, and
 :class:`Preflight` runs the check as a source the arbiter waits on in its
 selector, with a deadline of ``--timeout-worker-boot``. Check side:
-:func:`check_main`. ``daemon.upgrade`` decides what to do with the verdict.
+:func:`check_main`. ``daemon.upgrade`` decides what to do with the verdict;
+this module never imports it (the hand-off variable it hides from the check
+comes from ``daemon.handoff``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from daemon.handoff import HANDOFF_VAR
+
 CHECK_PREFIX = "corral upgrade check: "
 # Seconds a check that closed its output gets to exit before it is killed.
 EXIT_GRACE = 5.0
@@ -29,15 +33,12 @@ CONFIG_ONLY = "--corral-check-config-only"  # first check argument when the app 
 _PRIVATE_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
                  "LISTEN_FDNAMES")
 # Master modules the check imports, so a syntax error in the new install is caught before exec.
-MASTER_MODULES = ("daemon.config", "daemon.cli", "daemon.listeners", "daemon.workers", "daemon.spawn",
-                  "daemon.pidfile", "daemon.systemd", "daemon.reloader", "daemon.pool", "daemon.arbiter",
-                  "server_core.worker")
+MASTER_MODULES = ("daemon.config", "daemon.cli", "daemon.listeners", "daemon.handoff", "daemon.workers",
+                  "daemon.master_state", "daemon.spawn", "daemon.pidfile", "daemon.systemd", "daemon.reloader",
+                  "daemon.pool", "daemon.arbiter", "server_core.worker")
 
 
 def _check_env() -> dict[str, str]:
-    # Imported here, not at the top: daemon.upgrade imports this module.
-    from daemon.upgrade import HANDOFF_VAR
-
     private = (*_PRIVATE_VARS, HANDOFF_VAR)
     return {k: v for k, v in os.environ.items() if k not in private}
 

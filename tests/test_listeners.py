@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from daemon.config import build_config
-from daemon.listeners import ListenerError, address_key, close_listeners, open_listeners
+from daemon.listeners import Handed, ListenerError, address_key, close_listeners, open_listeners, parse_fd
 from tests.support import REQUIRE_ALL
 
 
@@ -194,6 +194,15 @@ def test_inherited_sockets_are_adopted_not_rebound(opened: list[Any]) -> None:
     key = address_key(handed)
     host, port = key.rsplit(":", 1)
     opened += open_listeners(config(host=host, port=int(port)),
-                             inherited={key: handed, address_key(extra): extra})
+                             Handed(sockets={key: handed, address_key(extra): extra}))
     assert [lst.sock for lst in opened] == [handed, extra]
     assert all(lst.inherited for lst in opened)
+
+
+def test_parse_fd_is_the_one_reader_of_fd_addresses() -> None:
+    assert parse_fd("fd://3") == 3
+    assert parse_fd("fd://web-1.api") == "web-1.api"
+    assert parse_fd("127.0.0.1:8000") is None and parse_fd("unix:/run/a.sock") is None
+    for bad in ("fd://", "fd://a b", "fd://x/y"):
+        with pytest.raises(ValueError, match="fd:// needs a descriptor number or a socket name"):
+            parse_fd(bad)

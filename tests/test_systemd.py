@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from daemon import systemd
-from daemon.listeners import ListenerError, address_key
+from daemon.config import Config
+from daemon.listeners import ListenerError, address_key, close_listeners, implicit_bind, open_listeners
 from tests.apps.sd_harness import NotifySocket
 from tests.support import APPS, FACTOR, REQUIRE_ALL, ROOT, Proc, free_port, require_tool, wait_until
 
@@ -181,57 +182,75 @@ def test_listen_fds_without_variables() -> None:
     assert systemd.listen_fds({}, pid=os.getpid()) == []
 
 
-# --- match_names ------------------------------------------------------------------------------
+# --- systemd's sockets meet --bind (daemon.listeners.open_listeners) ----------------------------
 
 
 def _dup_fds(*socks: socket.socket) -> list[int]:
     return [os.dup(s.fileno()) for s in socks]
 
 
-def test_match_names_drops_the_implicit_default_and_matches_addresses(short_tmp: Path) -> None:
+def _config(binds: tuple[str, ...] = (), **cli: object) -> Config:
+    from daemon.config import build_config
+
+    return build_config({"bind": list(binds), **cli} if binds else dict(cli), {}, app="m:app")
+
+
+def test_systemd_sockets_replace_the_implicit_default_and_satisfy_binds(short_tmp: Path) -> None:
     tcp = socket.create_server(("127.0.0.1", 0))
     unix = socket.socket(socket.AF_UNIX)
     unix.bind(str(short_tmp / "a.sock"))
     unix.listen()
+    other = short_tmp / "elsewhere.sock"
     tcp_key, unix_key = address_key(tcp), address_key(unix)
-    fds = list(zip(_dup_fds(tcp, unix), ["web", "admin"], strict=True))
-    binds = ("127.0.0.1:8000", tcp_key, "fd://web", "fd://admin", "unix:/elsewhere.sock")
-    remaining, inherited = systemd.match_names(fds, binds, implicit="127.0.0.1:8000")
     try:
-        assert remaining == ("unix:/elsewhere.sock",)
-        assert set(inherited) == {tcp_key, unix_key}
+        handed = systemd.wrap_fds(list(zip(_dup_fds(tcp, unix), ["web", "admin"], strict=True)))
+        assert set(handed.sockets) == {tcp_key, unix_key} and handed.socket_activated
+        # No address asked for: the implicit 127.0.0.1:8000 is not bound, systemd's sockets are served.
+        listeners = open_listeners(_config(), handed)
+        assert [(lst.address, lst.inherited) for lst in listeners] == [(tcp_key, True), (unix_key, True)]
+        close_listeners(listeners)
+        # The sockets named by fd://NAME, address or fd://N are adopted where their binds stand (once
+        # each); a bind no socket satisfies is bound as usual.
+        handed = systemd.wrap_fds(list(zip(_dup_fds(tcp, unix), ["web", "admin"], strict=True)))
+        binds = (f"unix:{other}", "fd://admin", tcp_key, "fd://web", f"fd://{handed.sockets[unix_key].fileno()}")
+        listeners = open_listeners(_config(binds), handed)
+        assert [(lst.address, lst.inherited) for lst in listeners] == [
+            (f"unix:{other}", False), (unix_key, True), (tcp_key, True)]
+        close_listeners(listeners)
     finally:
-        for sock in (*inherited.values(), tcp, unix):
-            sock.close()
+        tcp.close()
+        unix.close()
 
 
-def test_match_names_unknown_name_is_an_error() -> None:
+def test_an_unknown_systemd_name_is_an_error() -> None:
     tcp = socket.create_server(("127.0.0.1", 0))
-    fds = [(_dup_fds(tcp)[0], "web")]
+    handed = systemd.wrap_fds([(_dup_fds(tcp)[0], "web")])
     with pytest.raises(ListenerError, match="no socket named 'api'.*web"):
-        systemd.match_names(fds, ("fd://api",))
+        open_listeners(_config(("fd://api",)), handed)
+    for sock in handed.sockets.values():
+        sock.close()
     tcp.close()
 
 
-def test_match_names_refuses_a_datagram_socket() -> None:
+def test_wrap_fds_refuses_a_datagram_socket() -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     with pytest.raises(ListenerError, match="not a stream socket"):
-        systemd.match_names([(os.dup(udp.fileno()), "dns")], ())
+        systemd.wrap_fds([(os.dup(udp.fileno()), "dns")])
     udp.close()
 
 
-def test_match_names_without_sockets_keeps_the_default() -> None:
-    assert systemd.match_names([], ("127.0.0.1:8000",), implicit="127.0.0.1:8000") == (("127.0.0.1:8000",), {})
+def test_without_systemd_sockets_nothing_is_handed() -> None:
+    assert systemd.handed_sockets({}) is None
 
 
 def test_implicit_bind_follows_what_the_user_gave() -> None:
     from daemon.config import build_config
 
-    assert systemd.implicit_bind(build_config({}, {}, app="m:app")) == "127.0.0.1:8000"
-    assert systemd.implicit_bind(build_config({"port": 9000}, {}, app="m:app")) is None
-    assert systemd.implicit_bind(build_config({"bind": ["unix:/x"]}, {}, app="m:app")) is None
-    assert systemd.implicit_bind(build_config({}, {"CORRAL_PORT": "9001"}, app="m:app")) is None
+    assert implicit_bind(build_config({}, {}, app="m:app")) == "127.0.0.1:8000"
+    assert implicit_bind(build_config({"port": 9000}, {}, app="m:app")) is None
+    assert implicit_bind(build_config({"bind": ["unix:/x"]}, {}, app="m:app")) is None
+    assert implicit_bind(build_config({}, {"CORRAL_PORT": "9001"}, app="m:app")) is None
 
 
 # --- the unit files ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@ it, and the preflight check that keeps a broken install from replacing a working
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import selectors
@@ -17,6 +18,7 @@ import pytest
 
 from daemon import upgrade, upgrade_check
 from daemon.config import build_config
+from daemon.master_state import MasterState
 from tests.support import APPS, FACTOR, ROOT
 
 GOOD_APP = """
@@ -176,32 +178,33 @@ def test_preflight_does_not_inherit_systemd_variables(tmp_path: Path, monkeypatc
 # --- the USR2 handler, against a stand-in arbiter ---------------------------------------------
 
 
-class FakeNotify:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def ready(self) -> None:
-        self.sent.append("READY=1")
-
-    def mainpid(self, pid: int) -> None:
-        self.sent.append(f"MAINPID={pid}")
-
-
 class FakeArbiter:
-    """The attributes of daemon.arbiter.Arbiter the Upgrader reads, and its ``watch``."""
+    """A stand-in master: all the Upgrader may use of one (``daemon.upgrade.Master``)."""
 
     def __init__(self, config, records=(), listeners=()) -> None:
         self.config = config
         self.records = {r.pid: r for r in records}
         self.listeners = list(listeners)
         self.generation = 4
-        self.roll = None
-        self.stopping = None
-        self.notify = FakeNotify()
+        self.state = MasterState.SERVING
+        self.sent: list[str] = []
         self.watched: list[upgrade_check.Preflight] = []
+        self.pending: collections.deque[int] = collections.deque()
+
+    def live_workers(self):
+        return [r for r in self.records.values() if r.alive]
 
     def watch(self, source: upgrade_check.Preflight) -> None:
         self.watched.append(source)
+
+    def recorded_signals(self) -> tuple[int, ...]:
+        return tuple(self.pending)
+
+    def forget_recorded_signals(self) -> None:
+        self.pending.clear()
+
+    def announce_ready(self, *, mainpid: bool = False) -> None:
+        self.sent += [f"MAINPID={os.getpid()}"] * mainpid + ["READY=1"]
 
 
 def _drive(check: upgrade_check.Preflight) -> None:
@@ -235,12 +238,33 @@ def test_upgrader_rolls_back_on_a_failing_check_and_ignores_usr2_meanwhile(
 def test_upgrader_refuses_during_a_roll_or_a_stop(tmp_path: Path) -> None:
     arbiter = FakeArbiter(build_config({}, {}, app="candidate:app"))
     upgrader = upgrade.Upgrader()
-    arbiter.roll = object()
+    arbiter.state = MasterState.ROLLING
     assert "rolling restart" in (upgrader.in_flight(arbiter) or "")
-    arbiter.roll, arbiter.stopping = None, "term"
-    assert "stopping" in (upgrader.in_flight(arbiter) or "")
+    for state in (MasterState.LEAVING, MasterState.STOPPING, MasterState.QUITTING):
+        arbiter.state = state
+        assert "stopping" in (upgrader.in_flight(arbiter) or "")
     upgrader(arbiter)
     assert arbiter.watched == []
+
+
+def test_a_stop_during_the_check_cancels_the_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TERM while the preflight runs (with --shutdown-delay: the master is leaving, still serving)
+    rolls the upgrade back instead of exec'ing into an image that would not know about the stop."""
+    class Passed:
+        ok, reason = True, ""
+
+    execs: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(argv))
+    reports: list[tuple[str, str]] = []
+    for state in (MasterState.LEAVING, MasterState.STOPPING, MasterState.ROLLING):
+        arbiter = FakeArbiter(build_config({}, {}, app="candidate:app"))
+        arbiter.state = state
+        upgrader = upgrade.Upgrader()
+        upgrader.report = lambda result, reason: reports.append((result, reason))
+        upgrader._checked(arbiter, Passed())  # type: ignore[arg-type]
+    assert execs == []
+    assert [result for result, _ in reports] == ["rolled-back"] * 3
+    assert "stopping" in reports[0][1] and "stopping" in reports[1][1] and "rolling restart" in reports[2][1]
 
 
 def test_resumed_upgrader_reports_the_end_of_its_roll() -> None:
@@ -248,16 +272,16 @@ def test_resumed_upgrader_reports_the_end_of_its_roll() -> None:
     upgrader = upgrade.Upgrader(resumed=True)
     assert "previous upgrade" in (upgrader.in_flight(arbiter) or "")
     upgrader.roll_finished(arbiter, ok=True)
-    assert arbiter.notify.sent == [f"MAINPID={os.getpid()}", "READY=1"]
+    assert arbiter.sent == [f"MAINPID={os.getpid()}", "READY=1"]
     assert upgrader.in_flight(arbiter) is None
     upgrader.roll_finished(arbiter, ok=True)  # only once
-    assert len(arbiter.notify.sent) == 2
+    assert len(arbiter.sent) == 2
 
 
 def test_build_handoff_and_resume_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from daemon.listeners import Listener
+    from daemon.listeners import Listener, open_listeners
     from daemon.workers import State, WorkerRecord
 
     sock = socket.create_server(("127.0.0.1", 0))
@@ -276,15 +300,16 @@ def test_build_handoff_and_resume_round_trip(monkeypatch: pytest.MonkeyPatch) ->
         (record,) = resumed.adopted
         assert (record.pid, record.state, record.read_fd, record.generation) == (101, State.READY, read_fd, 4)
         assert record.last_heartbeat is not None and record.ready_at is not None
-        assert set(resumed.inherited) == {"127.0.0.1:8000"}
+        assert set(resumed.handed.sockets) == {"127.0.0.1:8000"}
+        assert resumed.handed.owned == {"127.0.0.1:8000"} and resumed.handed.socket_activated
         assert resumed.upgrader.rolling and resumed.upgrader.socket_activated
-        # Socket-activated: the implicit default bind is not bound again in the new image.
-        assert resumed.listen_config(arbiter.config).binds == ()
-        adopted = [Listener(address="127.0.0.1:8000", sock=resumed.inherited["127.0.0.1:8000"], inherited=True)]
-        resumed.claim_ownership(adopted)
-        assert adopted[0].inherited is False
+        # Socket-activated: the implicit default bind is not bound again in the new image; the
+        # socket the first image bound is ours again (its UNIX file would be removed at exit).
+        adopted = open_listeners(arbiter.config, resumed.handed)
+        assert [(lst.address, lst.sock, lst.inherited) for lst in adopted] == [
+            ("127.0.0.1:8000", resumed.handed.sockets["127.0.0.1:8000"], False)]
     finally:
-        for s in resumed.inherited.values():
+        for s in resumed.handed.sockets.values():
             s.detach()  # same fd as `sock`
         sock.close()
         os.close(read_fd)
@@ -311,7 +336,8 @@ def test_abandon_stops_the_adopted_workers() -> None:
     try:
         handoff = upgrade.Handoff(listeners=(), workers=(), generation=1)
         record = WorkerRecord(pid=child.pid, serial=1, generation=1, started_at=0.0, state=State.READY)
-        resumed = upgrade.Resumed(handoff=handoff, inherited={}, adopted=[record], upgrader=upgrade.Upgrader())
+        resumed = upgrade.Resumed(handoff=handoff, handed=handoff.handed(), adopted=[record],
+                                  upgrader=upgrade.Upgrader())
         resumed.abandon("cannot open listeners")
         assert child.wait(30 * FACTOR) == -signal.SIGTERM
     finally:
@@ -329,8 +355,6 @@ def test_blocked_signals_are_exactly_the_ones_the_master_handles() -> None:
 def test_signals_recorded_before_the_exec_stay_pending_across_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal the master recorded but had not dispatched when the check passed is re-raised while the
     signals are blocked (so the new image gets it); a recorded TERM cancels the exec instead."""
-    import collections
-
     class Passed:
         ok, reason = True, ""
 
@@ -345,16 +369,16 @@ def test_signals_recorded_before_the_exec_stay_pending_across_it(monkeypatch: py
     previous = signal.signal(signal.SIGUSR1, lambda signum, _frame: got.append(signum))
     try:
         arbiter = FakeArbiter(build_config({}, {}, app="candidate:app"))
-        arbiter.pending = collections.deque([signal.SIGUSR1])  # type: ignore[attr-defined]
+        arbiter.pending = collections.deque([signal.SIGUSR1])
         upgrade.Upgrader()._checked(arbiter, Passed())  # type: ignore[arg-type]
         assert seen and signal.SIGUSR1 in seen[0]  # pending in the kernel at the exec
         assert got == [signal.SIGUSR1]  # and delivered once the failed exec unblocked it
-        assert not arbiter.pending  # type: ignore[attr-defined]
+        assert not arbiter.pending
         seen.clear()
-        arbiter.pending = collections.deque([signal.SIGTERM])  # type: ignore[attr-defined]
+        arbiter.pending = collections.deque([signal.SIGTERM])
         upgrade.Upgrader()._checked(arbiter, Passed())  # type: ignore[arg-type]
         assert seen == []  # no exec: the TERM is dispatched by this master
-        assert list(arbiter.pending) == [signal.SIGTERM]  # type: ignore[attr-defined]
+        assert list(arbiter.pending) == [signal.SIGTERM]
         assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     finally:
         signal.signal(signal.SIGUSR1, previous)

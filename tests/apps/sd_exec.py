@@ -47,8 +47,8 @@ def second(handoff: upgrade.Handoff) -> None:
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda signum, _frame: got.append(signal.Signals(signum).name))
     upgrade.unblock_signals()
-    inherited = handoff.sockets()
-    (address, sock), = inherited.items()
+    handed = handoff.handed()
+    (address, sock), = handed.sockets.items()
     client = socket.create_connection(sock.getsockname()[:2], timeout=5)
     conn, _ = sock.accept()
     conn.close()
@@ -63,7 +63,7 @@ def second(handoff: upgrade.Handoff) -> None:
         "pipe_fd": worker.control_fd,
         "pipe": os.read(worker.control_fd, 100).decode(),
         "worker": [worker.pid, worker.generation, worker.started_at, worker.serial, worker.state],
-        "owned": sorted(handoff.owned_addresses()),
+        "owned": sorted(handed.owned),
         "blocked_after_exec": sorted(s.name for s in mask if s in upgrade.BLOCKED_SIGNALS),
         "pending_after_exec": sorted(s.name for s in pending),
         "delivered": sorted(got),
