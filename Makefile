@@ -26,7 +26,7 @@ test: setup system-tools
 	$(BIN)/python -m pytest -q
 
 bench: setup system-tools
-	$(BIN)/pip install --quiet -e '.[standard,test,bench]'
+	$(BIN)/pip install --quiet -e '.[standard,test,bench]' hypercorn
 	$(BIN)/python -m tests.bench.run
 
 bench-zero: setup

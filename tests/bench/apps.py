@@ -8,7 +8,7 @@ JSON API does (the same cost on every server).
 
 Scenarios:
 
-- ``hello``: ``Hello, world!`` as text/plain with a Content-Length.
+- ``hello``: ``Hello, world!`` as text/plain with a Content-Length (also the ``h2`` scenario's app).
 - ``json_small``: a ~100-byte JSON object serialized per request.
 - ``stream``: 64 KiB streamed in 16 chunks of 4 KiB (``more_body``; chunked encoding).
 - ``echo``: reads the whole request body (1 KiB from the benchmark) and sends it back.
@@ -152,5 +152,6 @@ APP_ATTRS: dict[str, str] = {
     "stream": "stream",
     "echo": "echo",
     "ws": "ws_echo",
+    "h2": "hello",
 }
 """Scenario name → attribute of this module that servers import (``tests.bench.apps:<attr>``)."""

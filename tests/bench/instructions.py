@@ -1,6 +1,6 @@
 """Instructions per request of the HTTP hot path, counted by valgrind: an A/B figure without noise.
 
-    python -m tests.bench.instructions [--scenario hello,headers,echo,json] [--access-log]
+    python -m tests.bench.instructions [--scenario hello,headers,echo,json,h2] [--access-log]
                                        [--requests 20000] [--connections 8] [--timing]
 
 The wrk benchmark measures the whole server, kernel included, and single runs move by a few
@@ -14,6 +14,11 @@ whatever else the machine does, so two commits compare exactly. It covers parsin
 the task, the app's messages, the response encoding and the access log; not the system calls
 (the ceiling server shows those).
 
+The ``h2`` scenario is hello over HTTP/2: an ``H2Protocol`` per connection (zttp underneath)
+gets ``H2_STREAMS`` requests per connection and loop pass, as HEADERS frames built once by hand
+(static-table HPACK, no per-request encoding cost in this process), much as ``h2load -m10`` sends
+them; the client's windows are opened wide at the start, as h2load does.
+
 ``--timing`` skips valgrind and prints CPU µs per request from ``time.process_time`` (quick,
 noisy). Needs valgrind (``apt-get install valgrind``) otherwise.
 """
@@ -25,6 +30,7 @@ import asyncio
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -46,8 +52,28 @@ SCENARIOS: dict[str, tuple[Any, bytes]] = {
     "headers": (apps.hello, _BROWSER_GET),
     "json": (apps.json_small, _GET),
     "echo": (apps.echo, _POST),
+    "h2": (apps.hello, b""),  # HTTP/2: the frames are built by _h2_frames
 }
 _WARMUP = 2000
+H2_STREAMS = 10  # concurrent requests per HTTP/2 connection and loop pass (h2load -m10)
+
+# The client's side of an HTTP/2 connection as h2load opens it: the preface, SETTINGS with a wide
+# stream window, a WINDOW_UPDATE opening the connection window as wide, and the ACK of the
+# server's SETTINGS.
+_H2_WINDOW = 2**30 - 1
+_H2_OPEN = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + struct.pack(">I", 6)[1:] + b"\x04\x00" + struct.pack(">I", 0) + struct.pack(">HI", 0x4, _H2_WINDOW)
+            + struct.pack(">I", 4)[1:] + b"\x08\x00" + struct.pack(">I", 0) + struct.pack(">I", _H2_WINDOW - 65535)
+            + b"\x00\x00\x00\x04\x01" + struct.pack(">I", 0))
+# GET / with :authority as a literal (static table only), END_STREAM | END_HEADERS.
+_H2_AUTHORITY = b"127.0.0.1:8000"
+_H2_BLOCK = b"\x82\x86\x84\x01" + bytes([len(_H2_AUTHORITY)]) + _H2_AUTHORITY
+
+
+def _h2_frames(first_stream: int, count: int) -> bytes:
+    """``count`` HEADERS frames of GET / on client streams ``first_stream``, +2, +4…"""
+    head = struct.pack(">I", len(_H2_BLOCK))[1:] + b"\x01\x05"
+    return b"".join(head + struct.pack(">I", first_stream + 2 * i) + _H2_BLOCK for i in range(count))
 
 
 class CountingTransport:
@@ -98,7 +124,10 @@ async def drive(scenario: str, requests: int, connections: int, access_log: bool
     state.date_header = [(b"date", b"Thu, 01 Jan 2026 00:00:00 GMT")]
     if access_log:
         state.access_log = AccessLog(settings)
+        state.timed = True
     transports = [CountingTransport() for _ in range(connections)]
+    if scenario == "h2":
+        return await _drive_h2(state, transports, requests)
     protocols = []
     for transport in transports:
         protocol = HTTPProtocol(state)
@@ -121,6 +150,41 @@ async def drive(scenario: str, requests: int, connections: int, access_log: bool
     if answered != expected:
         raise SystemExit(f"{scenario}: {answered} responses written for {expected} requests")
     return elapsed / requests * 1e6
+
+
+async def _drive_h2(state: Any, transports: list[CountingTransport], requests: int) -> float:
+    """The HTTP/2 hello: ``H2_STREAMS`` new streams per connection and loop pass."""
+    from server_core.http.h2 import H2Protocol
+
+    protocols = []
+    for transport in transports:
+        protocol = H2Protocol(state)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(_H2_OPEN)
+        protocols.append(protocol)
+    per_pass = H2_STREAMS * len(protocols)
+    warmup_passes, passes = _WARMUP // per_pass, requests // per_pass
+    # Every pass's frames built before the clock starts (stream ids go up by 2 on a connection).
+    frames = [_h2_frames(1 + 2 * H2_STREAMS * n, H2_STREAMS) for n in range(warmup_passes + passes)]
+
+    async def serve(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            data = frames[n]
+            for protocol in protocols:
+                protocol.data_received(data)
+            await asyncio.sleep(0)  # one loop pass: the request tasks run (the flush follows in the next)
+
+    await serve(0, warmup_passes)
+    started = time.process_time()
+    await serve(warmup_passes, passes)
+    elapsed = time.process_time() - started
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    served = sum(protocol.served for protocol in protocols)
+    expected = (warmup_passes + passes) * per_pass
+    if served != expected or any(protocol.streams for protocol in protocols):
+        raise SystemExit(f"h2: {served} streams answered for {expected} requests")
+    return elapsed / (passes * per_pass) * 1e6
 
 
 def _inner(args: argparse.Namespace) -> None:
@@ -161,7 +225,8 @@ def _count(scenario: str, requests: int, args: argparse.Namespace, valgrind: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.instructions", description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", default="hello,echo,json", help="comma-separated: hello, headers, echo, json")
+    parser.add_argument("--scenario", default="hello,echo,json",
+                        help="comma-separated: hello, headers, echo, json, h2 (hello over HTTP/2)")
     parser.add_argument("--access-log", action="store_true", help="with the access log on")
     parser.add_argument("--requests", type=int, default=20000, help="N (the second run serves 2 N)")
     parser.add_argument("--connections", type=int, default=8, help="connections fed per loop pass")

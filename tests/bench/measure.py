@@ -1,4 +1,5 @@
-"""One measured load run: start a server, warm it up, run wrk, read the tree's CPU counters.
+"""One measured load run: start a server, warm it up, run the load (wrk, h2load or the WebSocket
+client), read the tree's CPU counters.
 
 The CPU window brackets the wrk process only (counters read just before wrk starts and just
 after it exits), so server start-up, the warm-up run and shutdown are not billed to the
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.bench import wrk, ws_load
+from tests.bench import h2load, wrk, ws_load
 from tests.bench.apps import APP_ATTRS
 from tests.bench.servers import HOST, ServerProcess, ServerSpec, ServerStartError
 
@@ -26,7 +27,7 @@ class Scenario:
     name: str
     title: str
     script: str | None = None  # wrk script (wrk.SCRIPTS): "post" (1 KiB body), "browser" (13 more fields)
-    kind: str = "http"  # "http": wrk drives it; "ws": the WebSocket echo client does
+    kind: str = "http"  # "http": wrk drives it; "h2": h2load (HTTP/2); "ws": the WebSocket echo client
 
     @property
     def app_attr(self) -> str:
@@ -40,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "echo": Scenario("echo", "1 KiB POST echo", script="post"),
     "headers": Scenario("headers", "hello with a browser's 14 header fields", script="browser"),
     "ws": Scenario("ws", "WebSocket echo (32 B text)", kind="ws"),
+    "h2": Scenario("h2", f"hello world over HTTP/2 (h2load -c{h2load.CLIENTS} -m{h2load.STREAMS})", kind="h2"),
 }
 
 
@@ -51,6 +53,11 @@ class LoadSettings:
     warmup_s: float = 1.0
     connections: int = 64
     wrk_cpus: str | None = "1"
+    h2_clients: int = h2load.CLIENTS  # h2load connections (-c) ...
+    h2_streams: int = h2load.STREAMS  # ... and concurrent streams on each (-m)
+    # Requests per h2 run (-n; 0: -D duration_s). The default keeps every connection under zttp's
+    # 4096 streams (see tests/bench/h2load.py); hypercorn, ~20 times slower, gets a quarter.
+    h2_requests: int = h2load.CLIENTS * h2load.REQUESTS_PER_CONNECTION
     start_timeout_s: float = 30.0
 
 
@@ -64,10 +71,16 @@ def wrk_script(scenario: Scenario, workdir: Path) -> Path | None:
 
 
 def _drive(server: ServerProcess, scenario: Scenario, load: LoadSettings, duration_s: float,
-           script: Path | None) -> tuple[dict[str, Any], str]:
+           script: Path | None, warmup: bool = False) -> tuple[dict[str, Any], str]:
     """One load run against ``server``: wrk for HTTP, the echo client for WebSockets."""
     if scenario.kind == "ws":
         return ws_load.run(f"ws://{HOST}:{server.port}/echo", duration_s=duration_s, cpus=load.wrk_cpus)
+    if scenario.kind == "h2":
+        requests = load.h2_requests
+        if requests and (warmup or server.spec.family == "hypercorn"):
+            requests = max(load.h2_clients, requests // 4)
+        return h2load.run(server.url, duration_s=duration_s, clients=load.h2_clients, streams=load.h2_streams,
+                          requests=requests or None, cpus=load.wrk_cpus)
     result, raw = wrk.run(server.url, connections=load.connections, duration_s=duration_s, script=script,
                           cpus=load.wrk_cpus)
     return result.as_dict(), raw
@@ -78,7 +91,7 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
     """Serve ``scenario`` with ``spec``, run the load once, and return every figure of the run."""
     row: dict[str, Any] = {
         "scenario": scenario.name, "server": spec.key, "label": spec.label, "family": spec.family,
-        "http": spec.http, "ws": spec.ws, "workers": spec.workers, "access_log": spec.access_log,
+        "http": spec.http, "h2": spec.h2, "ws": spec.ws, "workers": spec.workers, "access_log": spec.access_log,
         "server_cpus": spec.cpus, "reference": spec.reference().key, "rep": rep, "ok": False, "error": None,
     }
     script = wrk_script(scenario, workdir)
@@ -88,7 +101,7 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
         if spec.workers > 1:
             server.wait_processes(spec.workers + 1, timeout=load.start_timeout_s)
         if load.warmup_s > 0:
-            _drive(server, scenario, load, load.warmup_s, script)
+            _drive(server, scenario, load, load.warmup_s, script, warmup=True)
         server.check_alive()
         row["processes"] = len(server.processes())
         cpu_before = server.cpu_seconds()
@@ -97,7 +110,7 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
         wall = time.perf_counter() - wall_before
         cpu = server.cpu_seconds() - cpu_before
         server.check_alive()
-    except (ServerStartError, wrk.WrkError, ws_load.WsLoadError) as exc:
+    except (ServerStartError, wrk.WrkError, ws_load.WsLoadError, h2load.H2loadError) as exc:
         row["error"] = str(exc)
         return row
     finally:

@@ -1,14 +1,15 @@
 """Where a worker spends its time under load: py-spy on one worker while wrk drives it.
 
-    python -m tests.bench.profile [--server corral|uvicorn] [--scenario hello] [--http h11]
-                                  [--duration 10] [--rate 499] [--top 25]
+    python -m tests.bench.profile [--server corral|uvicorn] [--scenario hello] [--http h11|zttp]
+                                  [--h2] [--duration 10] [--rate 499] [--top 25]
 
 The server runs as in the benchmark (pinned to CPU 0, one worker, access log off); wrk and
 py-spy share CPU 1. py-spy samples the worker without pausing it (``--nonblocking``) and writes
 collapsed stacks (``bench-results/profile-<server>-<scenario>.txt``: open it in speedscope or
 feed it to flamegraph.pl). This module then prints the functions with the most samples on top
 of the stack (self) and anywhere in the stack (inclusive), line numbers folded together, so
-the cost of the hot path can be read in the terminal. Needs py-spy (``pip install py-spy``)
+the cost of the hot path can be read in the terminal. ``--h2`` profiles HTTP/2 (``--http zttp
+--http2``, hello driven by ``h2load -c16 -m10`` instead of wrk). Needs py-spy (``pip install py-spy``)
 and permission to ptrace the worker (root, or ``kernel.yama.ptrace_scope=0``).
 """
 
@@ -23,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.bench import wrk
+from tests.bench import h2load, wrk
 from tests.bench.measure import SCENARIOS, LoadSettings, wrk_script
 from tests.bench.servers import ROOT, ServerProcess, ServerSpec, ServerStartError
 
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.profile", description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=("corral", "uvicorn"), default="corral")
     parser.add_argument("--scenario", choices=[n for n, s in SCENARIOS.items() if s.kind == "http"], default="hello")
-    parser.add_argument("--http", choices=("httptools", "h11"), default="httptools")
+    parser.add_argument("--http", choices=("httptools", "h11", "zttp"), default="httptools")
+    parser.add_argument("--h2", action="store_true",
+                        help="HTTP/2: --http zttp --http2, loaded by h2load -c16 -m10 (hello only)")
     parser.add_argument("--duration", type=int, default=10, help="seconds of load and sampling (default 10)")
     parser.add_argument("--rate", type=int, default=499, help="py-spy samples per second (default 499)")
     parser.add_argument("--connections", type=int, default=64)
@@ -100,14 +103,34 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = RESULTS / "work"
     workdir.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"profile-{args.server}-{args.scenario}{'-h11' if args.http == 'h11' else ''}.txt"
+    if args.h2:
+        if args.scenario != "hello":
+            parser.error("--h2 profiles the hello scenario only")
+        args.http = "zttp"
+        scenario = SCENARIOS["h2"]
+    suffix = ("-h2" if args.h2 else "") or (f"-{args.http}" if args.http != "httptools" else "")
+    out = RESULTS / f"profile-{args.server}-{args.scenario}{suffix}.txt"
     load = LoadSettings(duration_s=args.duration, connections=args.connections, wrk_cpus=args.load_cpus)
     script = wrk_script(scenario, workdir)
-    spec = ServerSpec(args.server, http=args.http, cpus=args.server_cpus)
+    spec = ServerSpec(args.server, http=args.http, cpus=args.server_cpus, h2=args.h2)
+
+    def drive(duration_s: float) -> int:
+        """Load the server for ``duration_s``; return the requests completed."""
+        if args.h2:
+            # A fixed count (at most 4000 streams per connection: zttp's limit is 4096); py-spy
+            # records no idle samples, so a run that ends before the sampler does is fine.
+            figures, _ = h2load.run(server.url, duration_s=duration_s, cpus=load.wrk_cpus,
+                                    requests=h2load.CLIENTS * min(h2load.REQUESTS_PER_CONNECTION,
+                                                                  max(500, round(duration_s * 2000))))
+            return int(figures["requests"])
+        result, _ = wrk.run(server.url, connections=load.connections, duration_s=duration_s, script=script,
+                            cpus=load.wrk_cpus)
+        return result.requests
+
     server = ServerProcess(spec, scenario.app_attr, workdir / "logs")
     try:
         server.start(timeout=load.start_timeout_s)
-        wrk.run(server.url, connections=load.connections, duration_s=1, script=script, cpus=load.wrk_cpus)
+        drive(1)
         tree = server.processes()
         worker = tree[1] if len(tree) > 1 else tree[0]
         sampler = subprocess.Popen(
@@ -117,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.3)  # let py-spy attach before the load starts
         cpu_before = server.cpu_seconds()
-        result, _ = wrk.run(server.url, connections=load.connections, duration_s=args.duration, script=script,
-                            cpus=load.wrk_cpus)
+        wall = time.perf_counter()
+        requests = drive(args.duration)
+        wall = time.perf_counter() - wall
         cpu = server.cpu_seconds() - cpu_before
         _, spy_err = sampler.communicate(timeout=args.duration + 60)
-    except (ServerStartError, wrk.WrkError, subprocess.TimeoutExpired) as exc:
+    except (ServerStartError, wrk.WrkError, h2load.H2loadError, subprocess.TimeoutExpired) as exc:
         print(f"tests.bench.profile: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -130,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tests.bench.profile: py-spy wrote nothing:\n{spy_err}", file=sys.stderr)
         return 1
     own, inclusive, total = summarize(out.read_text())
-    print(f"{spec.label}, {scenario.title}: {result.requests} requests, {result.rps:,.0f} req/s, "
-          f"{cpu / max(result.requests, 1) * 1e6:.1f} CPU µs/req while sampled (py-spy adds a little); "
+    print(f"{spec.label}, {scenario.title}: {requests} requests, {requests / wall:,.0f} req/s, "
+          f"{cpu / max(requests, 1) * 1e6:.1f} CPU µs/req while sampled (py-spy adds a little); "
           f"{total} samples of worker {worker.pid}; stacks in {out}")
     if total:
         print()

@@ -66,8 +66,10 @@ def machine() -> dict[str, Any]:
         "executable": sys.executable,
         "git": (_command(["git", "rev-parse", "--short", "HEAD"]) or "?") + (" (modified)" if dirty else ""),
         "wrk": (_command(["wrk", "-v"]) or "").split(" Copyright")[0] or None,
+        "h2load": _command(["h2load", "--version"]),
         "versions": {name: _version(name) for name in
-                     ("corral", "uvicorn", "uvloop", "httptools", "h11", "websockets", "granian", "gunicorn", "psutil")},
+                     ("corral", "uvicorn", "uvloop", "httptools", "h11", "zttp", "websockets", "granian", "gunicorn",
+                      "hypercorn", "psutil")},
     }
 
 
@@ -91,7 +93,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         first = group[0]
         rows.append({
             "scenario": scenario, "server": server, "label": first["label"], "family": first["family"],
-            "http": first["http"], "workers": first["workers"], "access_log": first["access_log"],
+            "http": first["http"], "h2": first.get("h2", False), "workers": first["workers"], "access_log": first["access_log"],
             "ws": first.get("ws"), "reference": first["reference"], "runs": len(group), "ok_runs": len(good),
             "errors": sum(r.get("errors", 0) or 0 for r in group),
             "failure": next((r["error"] for r in group if not r["ok"]), None),
@@ -107,7 +109,19 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["vs_uvicorn"] = _ratio(row, ref, "cpu_us_per_req")
         row["rps_vs_uvicorn"] = _ratio(row, ref, "rps")
         row["p99_vs_uvicorn"] = _ratio(row, ref, "p99_ms")
+        row["vs_uvicorn_per_rep"] = _stats(paired_ratios(runs, row["scenario"], row["server"], row["reference"]))
     return rows
+
+
+def paired_ratios(runs: Sequence[dict[str, Any]], scenario: str, server: str, reference: str) -> list[float]:
+    """CPU µs/req of ``server`` over ``reference``'s, one ratio per repetition (the two runs of a
+    repetition are minutes apart at most, so their ratio cancels a slow phase of the machine):
+    the spread of these ratios is how noisy a comparison was."""
+    def by_rep(key: str) -> dict[int, float]:
+        return {r["rep"]: r["cpu_us_per_req"] for r in runs
+                if r["scenario"] == scenario and r["server"] == key and r["ok"] and r.get("cpu_us_per_req")}
+    mine, theirs = by_rep(server), by_rep(reference)
+    return [mine[rep] / theirs[rep] for rep in sorted(mine) if theirs.get(rep)]
 
 
 def _ratio(row: dict[str, Any], ref: dict[str, Any] | None, field: str) -> float | None:
@@ -124,7 +138,7 @@ def _median(summary: Sequence[dict[str, Any]], scenario: str, server: str, field
     return None
 
 
-# --------------------------------------------------------------------------- issue 7 targets
+# --------------------------------------------------------------------------- issue 7 and 11 targets
 
 def _target(name: str, value: float | None, limit: float, unit: str = "×") -> dict[str, Any]:
     status = "n/a" if value is None else ("met" if value <= limit else "not met")
@@ -132,7 +146,7 @@ def _target(name: str, value: float | None, limit: float, unit: str = "×") -> d
 
 
 def targets(summary: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 7's targets checked against this run (informational: never an assertion)."""
+    """Issue 7's and 11's targets checked against this run (informational: never an assertion)."""
 
     def ratio(scenario: str, a: str, b: str) -> float | None:
         x, y = _median(summary, scenario, a, "cpu_us_per_req"), _median(summary, scenario, b, "cpu_us_per_req")
@@ -157,6 +171,11 @@ def targets(summary: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]])
     p99["where"] = worst_where
     out.append(p99)
     out.append(_target("access log on ≤ 1.15 × off (hello CPU/req)", ratio("hello", "corral-log", "corral"), 1.15))
+    out.append(_target("#11 HTTP/2 hello (h2load): CPU/req ≤ 0.6 × uvicorn --http zttp --http2",
+                       ratio("h2", "corral-zttp-h2", "uvicorn-zttp-h2"), 0.6))
+    for scenario in ("hello", "json", "stream", "echo", "headers"):
+        out.append(_target(f"#11 {scenario}, zttp: CPU/req ≤ 0.8 × uvicorn --http zttp",
+                           ratio(scenario, "corral-zttp", "uvicorn-zttp"), 0.8))
     corral_mem = next((m for m in memory if m["family"] == "corral" and m["ok"]), None)
     uvicorn_mem = next((m for m in memory if m["family"] == "uvicorn" and m["ok"]), None)
     worker_rss = master_rss = uvicorn_rss = None
@@ -203,14 +222,14 @@ def _first_line(text: str | None, width: int = 160) -> str:
 
 
 def headline(summary: Sequence[dict[str, Any]]) -> list[str]:
-    """The short table for the README: corral against uvicorn per scenario (1 worker)."""
-    scenarios = list(dict.fromkeys(row["scenario"] for row in summary))
+    """The short table for the README: corral against uvicorn per scenario (1 worker, HTTP/1.1)."""
+    scenarios = list(dict.fromkeys(row["scenario"] for row in summary if not row.get("h2")))
     if not any(_median(summary, sc, "corral", "cpu_us_per_req") for sc in scenarios):
         return []
     out = ["", "## Summary: CPU µs per request, 1 worker (lower is better)", "",
-           "| scenario | corral | uvicorn | corral / uvicorn | corral h11 / uvicorn h11 | ceiling | granian "
-           "| gunicorn | p99 corral / uvicorn |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| scenario | corral | uvicorn | corral / uvicorn | corral h11 / uvicorn h11 | corral zttp / uvicorn zttp "
+           "| ceiling | granian | gunicorn | p99 corral / uvicorn |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def med(scenario: str, server: str, field: str = "cpu_us_per_req") -> float | None:
         return _median(summary, scenario, server, field)
@@ -222,9 +241,69 @@ def headline(summary: Sequence[dict[str, Any]]) -> list[str]:
         out.append(
             f"| {sc} | {_fmt(med(sc, 'corral'))} | {_fmt(med(sc, 'uvicorn'))} | "
             f"{div(med(sc, 'corral'), med(sc, 'uvicorn'))} | {div(med(sc, 'corral-h11'), med(sc, 'uvicorn-h11'))} | "
+            f"{div(med(sc, 'corral-zttp'), med(sc, 'uvicorn-zttp'))} | "
             f"{_fmt(med(sc, 'ceiling'))} | {_fmt(med(sc, 'granian'))} | {_fmt(med(sc, 'gunicorn'))} | "
             f"{div(med(sc, 'corral', 'p99_ms'), med(sc, 'uvicorn', 'p99_ms'))} |"
         )
+    return out
+
+
+def _pair(runs: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], scenario: str, a: str,
+          b: str) -> str:
+    """``0.62 (0.58–0.66)``: the ratio of the medians, then the min–max of the per-repetition ratios."""
+    x, y = _median(summary, scenario, a, "cpu_us_per_req"), _median(summary, scenario, b, "cpu_us_per_req")
+    if x is None or not y:
+        return "–"
+    spread = paired_ratios(runs, scenario, a, b)
+    text = f"{x / y:.2f}"
+    if len(spread) > 1:
+        text += f" ({min(spread):.2f}–{max(spread):.2f})"
+    return text
+
+
+def http2_table(results: dict[str, Any]) -> list[str]:
+    """The HTTP/2 rows (h2load): each server's CPU per request, corral's ratio to each."""
+    summary, runs = results["summary"], results["runs"]
+    rows = [row for row in summary if row.get("h2")]
+    if not rows:
+        return []
+    settings = results["settings"]
+    out = ["", f"## HTTP/2: hello world, h2load -t1 -c{settings.get('h2_clients', 16)} "
+           f"-m{settings.get('h2_streams', 10)}, 1 worker (lower is better)", "",
+           "corral / this: corral's CPU µs/req median over this row's, then the min–max of the same ratio "
+           "taken per repetition (how noisy the comparison was).", "",
+           "| server | CPU µs/req | corral / this | req/s | core used | p50 ms | p99 ms | errors |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        if row["ok_runs"] == 0:
+            out.append(f"| {row['label']} | **failed**: {_first_line(row['failure'])} | | | | | | |")
+            continue
+        vs = "–" if row["server"] == "corral-zttp-h2" else _pair(runs, summary, row["scenario"], "corral-zttp-h2",
+                                                                  row["server"])
+        out.append(f"| {row['label']} | {_cell(row['cpu_us_per_req'])} | {vs} | {_cell(row['rps'], 0)} | "
+                   f"{_percent(row['cpu_util'])} | {_cell(row['p50_ms'], 2, False)} | {_cell(row['p99_ms'], 2)} | "
+                   f"{row['errors']} |")
+    return out
+
+
+def zttp_table(results: dict[str, Any]) -> list[str]:
+    """HTTP/1.1 on zttp beside httptools: corral and uvicorn per scenario (1 worker)."""
+    summary, runs = results["summary"], results["runs"]
+    scenarios = list(dict.fromkeys(row["scenario"] for row in summary if row["server"] == "corral-zttp"))
+    if not scenarios:
+        return []
+    out = ["", "## HTTP/1.1 on zttp (`--http zttp`) beside httptools: CPU µs per request, 1 worker", "",
+           "Ratios: medians, then the min–max of the ratio taken per repetition.", "",
+           "| scenario | corral zttp | uvicorn zttp | corral zttp / uvicorn zttp | corral httptools | uvicorn httptools "
+           "| corral zttp / corral httptools |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for sc in scenarios:
+        def cell(server: str, scenario: str = sc) -> str:
+            row = next((r for r in summary if r["scenario"] == scenario and r["server"] == server), None)
+            return "–" if row is None else _cell(row["cpu_us_per_req"])
+        out.append(f"| {sc} | {cell('corral-zttp')} | {cell('uvicorn-zttp')} | "
+                   f"{_pair(runs, summary, sc, 'corral-zttp', 'uvicorn-zttp')} | {cell('corral')} | {cell('uvicorn')} | "
+                   f"{_pair(runs, summary, sc, 'corral-zttp', 'corral')} |")
     return out
 
 
@@ -235,7 +314,8 @@ def markdown(results: dict[str, Any]) -> str:
     out.append(f"- **date** {meta['date']} · **git** {meta['git']}")
     out.append(f"- **machine** {meta['cpu']} ({meta['cpus']} CPUs) · {meta['kernel']} · {meta['python']}")
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
-    out.append(f"- **versions** {versions}" + (f" · {meta['wrk']}" if meta.get("wrk") else ""))
+    out.append(f"- **versions** {versions}" + (f" · {meta['wrk']}" if meta.get("wrk") else "")
+               + (f" · {meta['h2load']}" if meta.get("h2load") else ""))
     out.append(
         f"- **load** wrk -t1 -c{settings['connections']} -d{settings['duration_s']:g}s on CPU "
         f"{settings['wrk_cpus']}, server on CPU {settings['server_cpus']}, {settings['repeat']} run(s) each, "
@@ -245,6 +325,8 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("busy"):
         out.append(f"- **busy machine**: {results['busy']}")
     out += headline(results["summary"])
+    out += http2_table(results)
+    out += zttp_table(results)
     out += ["", "## Throughput and CPU cost", "",
             "CPU µs/req is the server's whole process tree (master and workers); × uvicorn compares it "
             "with uvicorn's in the same scenario and configuration (lower is better). *core used* is the "
@@ -266,7 +348,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_percent(row['cpu_util'])} | {_cell(row['p50_ms'], 2, False)} | {_cell(row['p99_ms'], 2)} | {errors} |"
         )
     if any(t["status"] != "n/a" for t in results.get("targets", [])):
-        out += ["", "## Issue 7 targets (this run)", "", "| target | value | status |", "| --- | ---: | --- |"]
+        out += ["", "## Issue 7 and 11 targets (this run)", "", "| target | value | status |", "| --- | ---: | --- |"]
         for target in results["targets"]:
             unit = " MiB" if target["unit"] == "MiB" else "×"
             value = "–" if target["value"] is None else f"{target['value']:.2f}{unit}"

@@ -2,14 +2,15 @@
 
 Usage::
 
-    python -m tests.bench.run [--quick] [--repeat N] [--duration S] [--only hello,json,ws]
-                              [--servers corral,uvicorn] [--json out.json]
+    python -m tests.bench.run [--quick] [--repeat N] [--duration S] [--only hello,json,ws,h2]
+                              [--servers corral,uvicorn] [--http httptools,h11,zttp] [--json out.json]
 
 For every repetition, every scenario and every server configuration, one server tree is started
 on a free port under ``taskset -c 0``, warmed up, loaded by ``taskset -c 1 wrk`` and stopped.
 Repetitions are interleaved (rep 1 of everything, then rep 2…) so a slow phase of a shared
 machine hits every server alike. The ``ws`` scenario runs when the
-``tests/bench/ws_echo.py`` client exists. Then start-up time, idle memory and the optional
+``tests/bench/ws_echo.py`` client exists, the ``h2`` scenario (HTTP/2 hello, ``h2load``) when
+h2load and zttp are installed. Then start-up time, idle memory and the optional
 ``zero_downtime`` section run. The markdown report goes to stdout and
 ``bench-results/latest.md``; every raw figure to ``bench-results/latest.json``.
 See docs/BENCHMARKS.md for what each column means.
@@ -29,21 +30,42 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.bench import probes, report, sections, wrk, ws_load
+from tests.bench import h2load, probes, report, sections, wrk, ws_load
 from tests.bench.measure import SCENARIOS, LoadSettings, Scenario, measure
-from tests.bench.servers import ROOT, ServerSpec, granian_path, gunicorn_has_asgi
+from tests.bench.servers import (
+    ROOT,
+    ServerSpec,
+    granian_path,
+    gunicorn_has_asgi,
+    hypercorn_installed,
+    zttp_installed,
+)
 
 RESULTS = ROOT / "bench-results"
-FAMILIES = ("corral", "uvicorn", "ceiling", "granian", "gunicorn")
+FAMILIES = ("corral", "uvicorn", "ceiling", "granian", "gunicorn", "hypercorn")
+PARSERS = ("httptools", "h11", "zttp")
 
 
 def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus: str | None,
-         multi_cpus: str | None) -> list[tuple[Scenario, ServerSpec]]:
-    """Every (scenario, server configuration) to measure, in the order they run."""
+         multi_cpus: str | None, parsers: Sequence[str] = PARSERS) -> list[tuple[Scenario, ServerSpec]]:
+    """Every (scenario, server configuration) to measure, in the order they run. ``parsers``
+    limits the HTTP/1.1 rows of corral and uvicorn (httptools, h11, zttp); the HTTP/2 rows are
+    chosen with the ``h2`` scenario."""
     cases: list[tuple[Scenario, ServerSpec]] = []
     have_granian = granian_path() is not None
     have_gunicorn = gunicorn_has_asgi()
+    have_zttp = zttp_installed()
     for scenario in scenarios:
+        if scenario.kind == "h2":
+            if have_zttp and h2load.h2load_path() is not None:
+                specs = [ServerSpec("corral", http="zttp", h2=True, cpus=server_cpus),
+                         ServerSpec("uvicorn", http="zttp", h2=True, cpus=server_cpus)]
+                if have_granian:
+                    specs.append(ServerSpec("granian", http="-", h2=True, cpus=server_cpus))
+                if hypercorn_installed():
+                    specs.append(ServerSpec("hypercorn", http="-", h2=True, cpus=server_cpus))
+                cases += [(scenario, spec) for spec in specs if spec.family in families]
+            continue
         if scenario.kind == "ws":
             if ws_load.available():
                 specs = [ServerSpec("corral", cpus=server_cpus), ServerSpec("uvicorn", cpus=server_cpus),
@@ -61,13 +83,17 @@ def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus:
                 specs.append(ServerSpec("gunicorn", http="-", cpus=server_cpus))
         specs += [ServerSpec("corral", http="h11", cpus=server_cpus),
                   ServerSpec("uvicorn", http="h11", cpus=server_cpus)]
+        if have_zttp:
+            specs += [ServerSpec("corral", http="zttp", cpus=server_cpus),
+                      ServerSpec("uvicorn", http="zttp", cpus=server_cpus)]
         if scenario.name == "hello":
             specs += [ServerSpec("corral", access_log=True, cpus=server_cpus),
                       ServerSpec("uvicorn", access_log=True, cpus=server_cpus)]
         if scenario.name != "headers":  # the same app as hello: its 2-worker rows say the same
             specs += [ServerSpec("corral", workers=2, cpus=multi_cpus),
                       ServerSpec("uvicorn", workers=2, cpus=multi_cpus)]
-        cases += [(scenario, spec) for spec in specs if spec.family in families]
+        cases += [(scenario, spec) for spec in specs
+                  if spec.family in families and (spec.http not in PARSERS or spec.http in parsers)]
     return cases
 
 
@@ -106,6 +132,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"scenarios, comma-separated (default {','.join(SCENARIOS)})")
     parser.add_argument("--servers", default=",".join(FAMILIES),
                         help=f"server families, comma-separated (default {','.join(FAMILIES)})")
+    parser.add_argument("--http", default=",".join(PARSERS),
+                        help="HTTP/1.1 implementations of the corral and uvicorn rows, comma-separated "
+                             f"(default {','.join(PARSERS)}; the HTTP/2 rows are the h2 scenario)")
+    parser.add_argument("--h2-clients", type=int, default=h2load.CLIENTS,
+                        help=f"h2load connections of the h2 scenario (default {h2load.CLIENTS})")
+    parser.add_argument("--h2-streams", type=int, default=h2load.STREAMS,
+                        help=f"h2load concurrent streams per connection (default {h2load.STREAMS})")
+    parser.add_argument("--h2-requests", type=int, default=None,
+                        help="requests per h2 run (default 4000 per connection, under zttp's 4096 streams "
+                             "per connection; 0: run for --duration instead)")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list of the server (default 0)")
     parser.add_argument("--multi-cpus", default="0",
                         help="CPU list of 2-worker servers (default 0: a scheduling check; 'none' to unpin)")
@@ -122,12 +158,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else 1.0
     args.startup_runs = args.startup_runs or (2 if args.quick else 5)
+    if args.h2_requests is None:
+        args.h2_requests = args.h2_clients * h2load.REQUESTS_PER_CONNECTION // (2 if args.quick else 1)
     unknown = [s for s in args.only.split(",") if s and s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     bad = [f for f in args.servers.split(",") if f and f not in FAMILIES]
     if bad:
         parser.error(f"unknown server(s) {', '.join(bad)}; choose from {', '.join(FAMILIES)}")
+    bad = [p for p in args.http.split(",") if p and p not in PARSERS]
+    if bad:
+        parser.error(f"unknown --http {', '.join(bad)}; choose from {', '.join(PARSERS)}")
     return args
 
 
@@ -187,6 +228,25 @@ def _notes(settings: dict[str, Any], families: Sequence[str], load_before: float
         notes.append("gunicorn rows are gunicorn's own ASGI worker (`-k asgi`), master and worker counted.")
     else:
         notes.append("gunicorn with its asgi worker (`-k asgi`) is not installed: its rows are absent.")
+    if "h2" in settings["scenarios"]:
+        if h2load.h2load_path() is None:
+            notes.append("h2load is not installed (Debian: nghttp2-client): no HTTP/2 rows.")
+        elif not zttp_installed():
+            notes.append("zttp is not installed (corral[http2], CPython ≥ 3.11): no HTTP/2 rows.")
+        else:
+            requests = settings["h2_requests"]
+            size = (f"-n{requests}` per run (hypercorn: -n{max(settings['h2_clients'], requests // 4)}; zttp 0.0.35 "
+                    "closes an HTTP/2 connection after 4096 streams, so a timed run would stop early)"
+                    if requests else f"-D{settings['duration_s']:g}` per run")
+            notes.append(
+                f"h2 rows: `h2load -t1 -c{settings['h2_clients']} -m{settings['h2_streams']} {size}, cleartext with "
+                "prior knowledge, on wrk's core; corral and uvicorn run `--http zttp --http2`, granian `--http 2`, "
+                "hypercorn `-k uvloop`. × uvicorn compares with uvicorn `--http zttp --http2`; p50/p99 come from "
+                "h2load's per-request log.")
+    if "hypercorn" in families and "h2" in settings["scenarios"] and not hypercorn_installed():
+        notes.append("hypercorn is not installed: its HTTP/2 row is absent (`pip install hypercorn` adds it).")
+    if "zttp" in settings["http"] and not zttp_installed():
+        notes.append("zttp is not installed: no `--http zttp` rows.")
     if not shutil.which("taskset"):
         notes.append("taskset is not installed: nothing was pinned, figures are noisier.")
     return notes
@@ -213,9 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin_notes: list[str] = []
     server_cpus, multi_cpus = _cpus(args.server_cpus, pin_notes), _cpus(args.multi_cpus, pin_notes)
     load = LoadSettings(duration_s=args.duration, warmup_s=args.warmup, connections=args.connections,
-                        wrk_cpus=_cpus(args.wrk_cpus, pin_notes))
+                        wrk_cpus=_cpus(args.wrk_cpus, pin_notes), h2_clients=args.h2_clients,
+                        h2_streams=args.h2_streams, h2_requests=args.h2_requests)
     scenarios = [SCENARIOS[name] for name in args.only.split(",") if name]
     families = [f for f in args.servers.split(",") if f]
+    parsers = [p for p in args.http.split(",") if p]
     load_before = os.getloadavg()[0]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     started = time.perf_counter()
@@ -224,17 +286,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {"quick": args.quick, "repeat": args.repeat, "duration_s": args.duration,
                      "warmup_s": args.warmup, "connections": args.connections, "server_cpus": server_cpus,
                      "multi_cpus": multi_cpus, "wrk_cpus": load.wrk_cpus, "scenarios": [s.name for s in scenarios],
-                     "servers": families},
+                     "servers": families, "http": parsers, "h2_clients": load.h2_clients,
+                     "h2_streams": load.h2_streams, "h2_requests": load.h2_requests},
         "runs": [], "summary": [], "startup": [], "memory": [], "sections": [], "targets": [],
     }
     try:
         if not args.no_load:
-            cases = plan(scenarios, families, server_cpus=server_cpus, multi_cpus=multi_cpus)
+            cases = plan(scenarios, families, server_cpus=server_cpus, multi_cpus=multi_cpus, parsers=parsers)
             run_load(cases, load, args.repeat, workdir, results["runs"])
             results["summary"] = report.summarize(results["runs"])
         if not args.no_startup:
             for family in (f for f in FAMILIES if f in families):
-                if (family == "granian" and granian_path() is None) or (family == "gunicorn" and not gunicorn_has_asgi()):
+                if ((family == "granian" and granian_path() is None) or (family == "gunicorn" and not gunicorn_has_asgi())
+                        or family == "hypercorn"):  # hypercorn: in the HTTP/2 rows only
                     continue
                 _progress(f"startup {family} ×{args.startup_runs} …")
                 spec = ServerSpec(family, http="httptools" if family in ("corral", "uvicorn") else "-",

@@ -1,8 +1,8 @@
 """The servers under test: how each is started, waited for, measured and stopped.
 
 Every server runs as its own process tree (corral: a master and its workers; uvicorn with
-``--workers 1``: one process; granian and gunicorn: a master and a worker; the ceiling: one
-process), started under ``taskset -c 0`` so the tree shares one core while wrk has the other.
+``--workers 1``: one process; granian, gunicorn and hypercorn: a master and a worker; the
+ceiling: one process), started under ``taskset -c 0`` so the tree shares one core while wrk has the other.
 The CPU time of the whole tree is read from the kernel's per-process counters (psutil) before
 and after a load run; divided by the requests wrk completed, that is the server's CPU cost per
 request — the figure that stays put when other work shares the machine, because time the
@@ -16,6 +16,7 @@ deadline, failing early if the process exits), and every process of the tree is 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -45,17 +46,20 @@ class ServerStartError(RuntimeError):
 class ServerSpec:
     """One server configuration: which implementation, parser, worker count and logging."""
 
-    family: str  # "corral", "uvicorn", "granian", "gunicorn" (its own asgi worker) or "ceiling"
-    http: str = "httptools"  # "httptools" or "h11" ("-" for servers with their own parser)
+    family: str  # "corral", "uvicorn", "granian", "gunicorn" (its own asgi worker), "hypercorn" or "ceiling"
+    http: str = "httptools"  # "httptools", "h11" or "zttp" ("-" for servers with their own parser)
     workers: int = 1
     access_log: bool = False
     cpus: str | None = "0"  # taskset CPU list for the whole tree; None: not pinned
     ws: str | None = None  # --ws implementation (None: the server's default)
+    h2: bool = False  # HTTP/2 (cleartext, prior knowledge): corral/uvicorn --http zttp --http2, granian --http 2
 
     def _parts(self, log: str, workers: str) -> list[str]:
         parts = [self.family]
-        if self.http == "h11":
-            parts.append("h11")
+        if self.http in ("h11", "zttp"):
+            parts.append(self.http)
+        if self.h2:
+            parts.append("h2")
         if self.ws:
             parts.append(self.ws)
         if self.access_log:
@@ -66,7 +70,7 @@ class ServerSpec:
 
     @property
     def key(self) -> str:
-        """A stable identifier: ``corral``, ``uvicorn-h11``, ``corral-log``, ``corral-2w``…"""
+        """A stable identifier: ``corral``, ``uvicorn-h11``, ``corral-zttp-h2``, ``corral-log``, ``corral-2w``…"""
         return "-".join(self._parts("log", "{}w"))
 
     @property
@@ -75,10 +79,19 @@ class ServerSpec:
         return " ".join(self._parts("access log", "{} workers"))
 
     def reference(self) -> ServerSpec:
-        """The uvicorn configuration this one is compared with (same parser, ws, workers, logging)."""
-        http = self.http if self.http in ("httptools", "h11") else "httptools"
+        """The uvicorn configuration this one is compared with (same parser, ws, workers, logging);
+        every HTTP/2 row is compared with uvicorn ``--http zttp --http2``."""
+        if self.h2:
+            return ServerSpec("uvicorn", http="zttp", workers=self.workers, access_log=self.access_log,
+                              cpus=self.cpus, h2=True)
+        http = self.http if self.http in ("httptools", "h11", "zttp") else "httptools"
         return ServerSpec("uvicorn", http=http, workers=self.workers, access_log=self.access_log,
                           cpus=self.cpus, ws=self.ws)
+
+    def ready(self, port: int, timeout: float) -> bool:
+        """True when the server answers ``GET /`` with 200 (over HTTP/2 for an HTTP/2 row: granian
+        ``--http 2`` speaks nothing else)."""
+        return answers_200_h2(port, timeout=timeout) if self.h2 else answers_200(port, timeout=timeout)
 
     def argv(self, app_attr: str, port: int) -> list[str]:
         """The command line serving ``tests.bench.apps:<app_attr>`` on ``HOST:port``."""
@@ -92,6 +105,7 @@ class ServerSpec:
                 "--host", HOST, "--port", str(port),
                 "--workers", str(self.workers),
                 "--http", self.http,
+                *(["--http2"] if self.h2 else []),
                 # The access log is written at info level: with it on, info must be let through.
                 "--log-level", "info" if self.access_log else "warning",
                 "--access-log" if self.access_log else "--no-access-log",
@@ -99,7 +113,7 @@ class ServerSpec:
             ]
         elif self.family == "granian":
             argv = [
-                granian_path() or "granian", "--interface", "asgi", "--http", "1", "--no-ws",
+                granian_path() or "granian", "--interface", "asgi", "--http", "2" if self.h2 else "1", "--no-ws",
                 "--loop", "uvloop", "--host", HOST, "--port", str(port),
                 "--workers", str(self.workers),
                 "--log-level", "info" if self.access_log else "warning",
@@ -110,6 +124,14 @@ class ServerSpec:
             # gunicorn's own ASGI worker (``-k asgi``), the process manager corral also replaces.
             argv = [
                 sys.executable, "-m", "gunicorn", "-k", "asgi", "-w", str(self.workers),
+                "-b", f"{HOST}:{port}", "--log-level", "info" if self.access_log else "warning",
+                *(["--access-logfile", "-"] if self.access_log else []),
+                app_ref,
+            ]
+        elif self.family == "hypercorn":
+            # hypercorn (h11 + h2, pure Python) answers HTTP/1.1 and h2c prior knowledge on one port.
+            argv = [
+                sys.executable, "-m", "hypercorn", "-k", "uvloop", "-w", str(self.workers),
                 "-b", f"{HOST}:{port}", "--log-level", "info" if self.access_log else "warning",
                 *(["--access-logfile", "-"] if self.access_log else []),
                 app_ref,
@@ -125,6 +147,16 @@ def granian_path() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("granian")
+
+
+def hypercorn_installed() -> bool:
+    """True when hypercorn can be imported by this interpreter."""
+    return importlib.util.find_spec("hypercorn") is not None
+
+
+def zttp_installed() -> bool:
+    """True when zttp (corral's and uvicorn's ``--http zttp`` and ``--http2``) is installed."""
+    return importlib.util.find_spec("zttp") is not None
 
 
 def gunicorn_has_asgi() -> bool:
@@ -158,6 +190,39 @@ def answers_200(port: int, path: str = "/", timeout: float = 1.0) -> bool:
     except OSError:
         return False
     return head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+
+
+def answers_200_h2(port: int, path: str = "/", timeout: float = 1.0) -> bool:
+    """True when an HTTP/2 GET (cleartext, prior knowledge; the ``h2`` package of the test extra)
+    on ``HOST:port`` comes back with status 200."""
+    try:
+        import h2.config
+        import h2.connection
+        import h2.events
+        import h2.exceptions
+    except ImportError:  # no h2 package: the HTTP/1.1 probe (every server but granian --http 2 answers it)
+        return answers_200(port, path, timeout)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", f"{HOST}:{port}".encode()),
+                          (b":path", path.encode())], end_stream=True)
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(conn.data_to_send())
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return False
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        return dict(event.headers).get(b":status") == b"200"
+                    if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                        return False
+                pending = conn.data_to_send()
+                if pending:
+                    sock.sendall(pending)
+    except (OSError, h2.exceptions.ProtocolError):
+        return False
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -231,7 +296,7 @@ class ServerProcess:
         while True:
             if self.popen.poll() is not None:
                 raise self.failure(f"exited with {self.popen.returncode}")
-            if answers_200(self.port, timeout=0.5):
+            if self.spec.ready(self.port, timeout=0.5):
                 self.startup_s = time.perf_counter() - spawned
                 self._remember()
                 return self.startup_s
