@@ -98,7 +98,7 @@ class HTTPProtocol(asyncio.Protocol):
         "cycle", "receiving", "queue", "keep_alive", "framing", "length_left", "broken",
         "buffered", "read_paused", "write_paused", "_drain_waiters", "_pending", "_pending_size",
         "closing", "retiring", "gone", "lingering", "client_eof", "head_at", "idle_since",
-        "_timer", "_timer_when", "sniff", "_sniffed", "body_wait",
+        "_timer", "_timer_when", "sniff", "_sniffed",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -136,12 +136,12 @@ class HTTPProtocol(asyncio.Protocol):
         # http.disconnect once its body is consumed, while send() still works.
         self.client_eof = False
         self.head_at: float | None = None  # when the first byte of a pending head arrived
+        # When the connection went idle; while a request runs (so it is not
+        # idle), when its application began to wait in receive() for body
+        # bytes (--timeout-request-body): one slot for both deadlines.
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
-        # When the application last began to wait in receive() for body bytes
-        # (--timeout-request-body; only meaningful while it waits).
-        self.body_wait = 0.0
         # HTTP/2 on: the first bytes may be the HTTP/2 preface (prior knowledge).
         self.sniff = settings.http2
         self._sniffed = b""
@@ -553,7 +553,7 @@ class HTTPProtocol(asyncio.Protocol):
         too (see _on_timer).
         """
         self._maybe_resume(HIGH_WATER, body=True)
-        self.body_wait = now = self.loop.time()
+        self.idle_since = now = self.loop.time()  # busy, not idle: the slot times this wait
         self._arm(now + self.state.settings.timeout_request_body)
 
     async def drain(self, stream: HTTPStream) -> None:
@@ -634,7 +634,7 @@ class HTTPProtocol(asyncio.Protocol):
             # an application waiting for the rest of its body has one now.
             stream = self.receiving
             if stream is not None and stream is self.cycle and stream.waiting and not stream.body:
-                deadline = self.body_wait + self.state.settings.timeout_request_body
+                deadline = self.idle_since + self.state.settings.timeout_request_body
                 if self.loop.time() >= deadline:
                     self._body_timeout(stream)
                 else:
