@@ -124,9 +124,9 @@ class Arbiter(Pool):
         self._install_signals()
         try:
             if self.config.limit_worker_memory:
-                self.next_memory_sample = time.monotonic() + MEMORY_INTERVAL
+                self.next_memory_sample = self.system.monotonic() + MEMORY_INTERVAL
             if self.notify.watchdog_interval:
-                self.next_watchdog = time.monotonic() + self.notify.watchdog_interval
+                self.next_watchdog = self.system.monotonic() + self.notify.watchdog_interval
             self._maintain()
             while True:
                 self._wait()
@@ -143,15 +143,15 @@ class Arbiter(Pool):
             self._teardown()
 
     def _wait(self) -> None:
-        now = time.monotonic()
+        now = self.system.monotonic()
         moments = self._deadlines(now)
         leaving = self.stop_requested if self.state is MasterState.LEAVING else None
         extras = [self.next_watchdog, leaving] + [w.deadline() for w in self.watched]
         moments += [moment for moment in extras if moment is not None]
         timeout = max(0.0, min(moments) - now) if moments else None
         events = self.selector.select(timeout)
-        if timeout is not None and time.monotonic() - now - timeout >= OVERSLEPT:
-            self._forgive(time.monotonic() - now)
+        if timeout is not None and self.system.monotonic() - now - timeout >= OVERSLEPT:
+            self._forgive(self.system.monotonic() - now)
         for key, _ in events:
             if key.data is None:
                 self._drain_wakeup()
@@ -172,7 +172,7 @@ class Arbiter(Pool):
         deadlines move by the time away.
         """
         log.warning("master_was_stopped", seconds=round(away, 1))
-        now = time.monotonic()
+        now = self.system.monotonic()
         for record in self.records.values():
             record.started_at += away
             if record.last_heartbeat is not None:
@@ -198,7 +198,7 @@ class Arbiter(Pool):
             pass
 
     def _check_timers(self) -> None:
-        now = time.monotonic()
+        now = self.system.monotonic()
         self._check_workers(now)
         for source in list(self.watched):
             moment = source.deadline()
@@ -235,7 +235,7 @@ class Arbiter(Pool):
         if delay > 0 and not self.state.leaving:
             # /readyz says 503 from now on; keep serving while the load balancer
             # (a Kubernetes Service) takes this instance out of its endpoints.
-            self.stop_requested = time.monotonic() + delay
+            self.stop_requested = self.system.monotonic() + delay
             self._set_state(MasterState.LEAVING, seconds=delay)
             self._finish_actions("the master is stopping")
             self.notify.stopping()
@@ -411,7 +411,7 @@ class Arbiter(Pool):
 
     def on_resume(self) -> None:
         """CONT (``fg`` after Ctrl-Z): the workers were stopped too; none of them is stuck."""
-        now = time.monotonic()
+        now = self.system.monotonic()
         for record in self.records.values():
             if record.last_heartbeat is not None:
                 record.last_heartbeat = max(record.last_heartbeat, now)

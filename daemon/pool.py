@@ -20,7 +20,6 @@ import os
 import selectors
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,7 +32,8 @@ from daemon.listeners import Listener
 from daemon.master_state import MasterState
 from daemon.master_state import transition as master_transition
 from daemon.metrics import Totals
-from daemon.spawn import read_pipe, reap, send_signal, spawn_worker, unexpected_exit
+from daemon.spawn import read_pipe, unexpected_exit
+from daemon.system import System
 from daemon.workers import (
     MEMORY_STRIKES,
     Due,
@@ -143,8 +143,11 @@ class Pool:
     """The master's workers and the operations on them; ``daemon.arbiter.Arbiter`` adds the loop."""
 
     def __init__(self, config: Any, listeners: list[Listener], *, notify: Notifier | None = None,
-                 app: Any = None, on_roll_end: Callable[[bool, str], None] | None = None) -> None:
+                 app: Any = None, on_roll_end: Callable[[bool, str], None] | None = None,
+                 system: System | None = None) -> None:
         self.config = config
+        # fork, kill, waitpid, the clock and RSS: all the pool does to the OS (a test passes its own).
+        self.system = system or System()
         self.listeners = listeners
         self.notify: Notifier = notify or NullNotifier()
         self.preloaded_app = app
@@ -205,7 +208,7 @@ class Pool:
             record.read_fd = None
 
     def _on_message(self, record: WorkerRecord, kind: str, arg: str) -> None:
-        now = time.monotonic()
+        now = self.system.monotonic()
         if kind == "hb":
             record.last_heartbeat = now
         elif kind == "ready" and record.state is State.BOOTING:
@@ -260,23 +263,23 @@ class Pool:
 
     def _signal(self, record: WorkerRecord, sig: int) -> None:
         self.sent_signals.setdefault(record.pid, set()).add(sig)
-        send_signal(record.pid, sig)  # if already dead, the CHLD wake-up reaps it
+        self.system.kill(record.pid, sig)  # if already dead, the CHLD wake-up reaps it
 
     def _spawn(self, reason: str) -> None:
         limit = jittered_limit(self.config.limit_max_requests, self.config.limit_max_requests_jitter)
         settings = self.config.server_settings(limit)
         try:
-            pid, read_fd = spawn_worker(settings, [lst.sock for lst in self.listeners],
-                                        close_fds=self._master_fds(), app=self.preloaded_app,
-                                        env=env_overlay(self.config) if self.config.env_file else None)
+            pid, read_fd = self.system.spawn(settings, [lst.sock for lst in self.listeners],
+                                             close_fds=self._master_fds(), app=self.preloaded_app,
+                                             env=env_overlay(self.config) if self.config.env_file else None)
         except OSError as exc:  # fork or pipe failed: out of processes or memory
             log.error("spawn_failed", error=str(exc))
             self.failures += 1
-            self.retry_at = time.monotonic() + backoff_delay(self.failures)
+            self.retry_at = self.system.monotonic() + backoff_delay(self.failures)
             return
         self.serial += 1
         record = WorkerRecord(pid=pid, serial=self.serial, generation=self.generation,
-                              started_at=time.monotonic(), limit_max_requests=limit, read_fd=read_fd)
+                              started_at=self.system.monotonic(), limit_max_requests=limit, read_fd=read_fd)
         self.records[pid] = record
         self.selector.register(read_fd, selectors.EVENT_READ, record)
         ready, total = counts(self.records.values())
@@ -286,7 +289,7 @@ class Pool:
     def _retire(self, record: WorkerRecord, reason: str) -> None:
         """Gracefully stop one worker while the others serve on."""
         record.drain_reason = reason
-        record.kill_at = time.monotonic() + kill_delay(self.config.timeout_graceful_shutdown)
+        record.kill_at = self.system.monotonic() + kill_delay(self.config.timeout_graceful_shutdown)
         self._transition(record, State.DRAINING, reason=reason)
         self._signal(record, WORKER_SIGNALS["retire"])
 
@@ -295,7 +298,7 @@ class Pool:
         if self.state.stopping or self.state is MasterState.HELD:
             return
         decision = plan(self.records.values(), target=self.target, floor=self.floor,
-                        gap_reason=self.vacancy, now=time.monotonic(), retry_at=self.retry_at,
+                        gap_reason=self.vacancy, now=self.system.monotonic(), retry_at=self.retry_at,
                         roll_reason=self.roll.reason if self.roll else Reason.HUP.value)
         for reason in decision.spawn:
             self._spawn(reason)
@@ -312,7 +315,7 @@ class Pool:
 
     def _reap(self) -> None:
         for record in list(self.records.values()):
-            status = reap(record.pid)
+            status = self.system.reap(record.pid)
             if status is None:
                 continue
             self._read_pipe(record)  # a last "ready" or "fail" may still be in the pipe
@@ -374,7 +377,7 @@ class Pool:
         else:
             self.failures += 1
             delay = backoff_delay(self.failures)
-            self.retry_at = time.monotonic() + delay
+            self.retry_at = self.system.monotonic() + delay
             self.vacancy = Reason.RETRY.value
             log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message,
                       action="retry", retry_in=delay, failures=self.failures)
@@ -429,15 +432,12 @@ class Pool:
                 self._sample_memory()
 
     def _sample_memory(self) -> None:
-        import psutil
-
         limit = int(self.config.limit_worker_memory) * 1024 * 1024
         for record in self.records.values():
             if record.state is not State.READY or record.replace_reason is not None:
                 continue
-            try:
-                rss = psutil.Process(record.pid).memory_info().rss
-            except psutil.Error:
+            rss = self.system.rss(record.pid)
+            if rss is None:
                 continue
             record.memory_strikes = memory_strikes(record.memory_strikes, rss, limit)
             if record.memory_strikes >= MEMORY_STRIKES:
@@ -454,7 +454,7 @@ class Pool:
         mode = "quit" if how is MasterState.QUITTING else "term"
         self._set_state(how)
         self.notify.stopping()
-        now = time.monotonic()
+        now = self.system.monotonic()
         if mode == "quit":
             sig, self.stop_deadline = WORKER_SIGNALS["quit"], now + QUIT_GRACE
         else:
@@ -496,7 +496,7 @@ class Pool:
         self._set_state(MasterState.UPGRADING if reason == "upgrade" else MasterState.ROLLING,
                         generation=self.generation)
         if config.limit_worker_memory and self.next_memory_sample is None:
-            self.next_memory_sample = time.monotonic() + MEMORY_INTERVAL
+            self.next_memory_sample = self.system.monotonic() + MEMORY_INTERVAL
         log.info("roll_started", generation=self.generation, workers=self.target, reason=reason)
 
     def adopt(self, record: WorkerRecord) -> None:
