@@ -294,6 +294,10 @@ def open_listeners(config: ListenConfig, handed: Handed | None = None) -> list[L
                     opened.append(_adopt(handed.sockets[key], config.backlog, key))
                 continue
             target = _fd_target(address)
+            if isinstance(target, str) and handed.socket_activated and not handed.names:
+                # The new image of a USR2 under systemd: the names did not cross the exec, the
+                # sockets did, and every one of them is adopted below, as the first image served them.
+                continue
             if isinstance(target, str):
                 raise ListenerError(
                     f"corral: {address} names a socket that systemd passes (LISTEN_FDNAMES), "

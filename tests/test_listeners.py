@@ -206,3 +206,14 @@ def test_parse_fd_is_the_one_reader_of_fd_addresses() -> None:
     for bad in ("fd://", "fd://a b", "fd://x/y"):
         with pytest.raises(ValueError, match="fd:// needs a descriptor number or a socket name"):
             parse_fd(bad)
+
+
+def test_after_a_usr2_under_systemd_fd_name_binds_are_the_handed_sockets(opened: list[Any]) -> None:
+    """systemd's names do not cross the exec (the hand-off keys sockets by address): `--bind fd://web`
+    in the new image is satisfied by the sockets handed over, not an error that would end the service."""
+    handed = socket.create_server(("127.0.0.1", 0))
+    opened += open_listeners(config(bind=("fd://web",)),
+                             Handed(sockets={address_key(handed): handed}, socket_activated=True))
+    assert [(lst.sock, lst.inherited) for lst in opened] == [(handed, True)]
+    with pytest.raises(ListenerError, match="not socket-activated"):  # without systemd it stays an error
+        open_listeners(config(bind=("fd://web",)))
