@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=499, help="py-spy samples per second (default 499)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--top", type=int, default=25, help="functions listed per table (default 25)")
+    parser.add_argument("--native", action="store_true",
+                        help="py-spy --native: C/Zig frames too (zttp, uvloop); pauses the worker per sample")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--load-cpus", default="1", help="CPU list of wrk and py-spy (default 1)")
     args = parser.parse_args(argv)
@@ -117,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     def drive(duration_s: float) -> int:
         """Load the server for ``duration_s``; return the requests completed."""
         if args.h2:
-            # A fixed count (at most 4000 streams per connection: zttp's limit is 4096); py-spy
-            # records no idle samples, so a run that ends before the sampler does is fine.
-            figures, _ = h2load.run(server.url, duration_s=duration_s, cpus=load.wrk_cpus,
-                                    requests=h2load.CLIENTS * min(h2load.REQUESTS_PER_CONNECTION,
-                                                                  max(500, round(duration_s * 2000))))
-            return int(figures["requests"])
+            # Runs of a fixed count (4000 streams per connection: zttp ends a connection after 4096),
+            # one after another on new connections until the time is up.
+            done, end = 0, time.perf_counter() + duration_s
+            while True:
+                figures, _ = h2load.run(server.url, duration_s=duration_s, cpus=load.wrk_cpus,
+                                        requests=h2load.CLIENTS * h2load.REQUESTS_PER_CONNECTION)
+                done += int(figures["requests"])
+                if time.perf_counter() >= end:
+                    return done
         result, _ = wrk.run(server.url, connections=load.connections, duration_s=duration_s, script=script,
                             cpus=load.wrk_cpus)
         return result.requests
@@ -135,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = tree[1] if len(tree) > 1 else tree[0]
         sampler = subprocess.Popen(
             wrk.pinned([spy, "record", "--pid", str(worker.pid), "--duration", str(args.duration),
-                        "--rate", str(args.rate), "--format", "raw", "--nonblocking", "--output", str(out)],
+                        "--rate", str(args.rate), "--format", "raw", "--native" if args.native else "--nonblocking",
+                        "--output", str(out)],
                        args.load_cpus),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.3)  # let py-spy attach before the load starts
