@@ -9,7 +9,8 @@ append the signal number to a queue; the loop turns each one into a command
 through ``COMMANDS`` (a readable table, not scattered ifs).
 
 The workers themselves — spawning, pipes, reaping, deadlines, the one way to
-replace a worker — are :class:`daemon.pool.Pool`, which ``Arbiter`` extends.
+replace a worker — are a :class:`daemon.pool.Pool`, which ``Arbiter`` holds
+(``arbiter.pool``) and drives.
 :func:`run_master` opens the listeners and runs an ``Arbiter``.
 """
 
@@ -31,6 +32,7 @@ from daemon.actions import Action
 from daemon.listeners import Listener, ListenerError, close_listeners, open_listeners
 from daemon.master_state import MasterState
 from daemon.pool import MEMORY_INTERVAL, Notifier, NullNotifier, Pool, say
+from daemon.system import System
 from daemon.workers import Reason, State, WorkerRecord, counts, oldest_serving, scale
 from server_core.control import EXIT_APP_FAILED, WORKER_SIGNALS
 
@@ -66,13 +68,17 @@ class Watched(Protocol):
     def on_deadline(self) -> bool: ...  # called once the deadline passed; True: finished
 
 
-class Arbiter(Pool):
-    """The master: a :class:`~daemon.pool.Pool` driven by signals. Create, then :meth:`run` once."""
+class Arbiter:
+    """The master: the loop that drives a :class:`~daemon.pool.Pool` (``self.pool``) from signals,
+    worker pipes, watched sources and deadlines. Create, then :meth:`run` once."""
 
     def __init__(self, config: Any, listeners: list[Listener], *, notify: Notifier | None = None,
                  app: Any = None, upgrade: Callable[[Arbiter], None] | None = None,
-                 on_roll_end: Callable[[bool, str], None] | None = None) -> None:
-        super().__init__(config, listeners, notify=notify, app=app, on_roll_end=on_roll_end)
+                 on_roll_end: Callable[[bool, str], None] | None = None, system: System | None = None) -> None:
+        # The master's one wait: signals, the workers' pipes (the pool registers them), watched sources.
+        self.selector = selectors.DefaultSelector()
+        self.pool = Pool(config, listeners, notify=notify, app=app, on_roll_end=on_roll_end, system=system,
+                         extra_fds=self._own_fds, selector=self.selector)
         self.upgrade = upgrade
         self.watched: list[Watched] = []
         self.interrupts = 0
@@ -99,9 +105,9 @@ class Arbiter(Pool):
         # lost or fatal during the exec; now that they are handled, let them in.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, set(COMMANDS))
 
-    def _master_fds(self) -> list[int]:
+    def _own_fds(self) -> list[int]:
         # Watched sources (the control socket, the metrics listener and their clients) are the master's too.
-        return [self.wake_r, self.wake_w, *(w.fileno() for w in self.watched), *super()._master_fds()]
+        return [self.wake_r, self.wake_w, *(w.fileno() for w in self.watched)]
 
     def _record_signal(self, signum: int, _frame: object) -> None:
         # Only record: the loop does the work (no logging, no waitpid here).
@@ -111,8 +117,8 @@ class Arbiter(Pool):
         signal.set_wakeup_fd(-1)
         for sig in COMMANDS:
             signal.signal(sig, signal.SIG_DFL)
-        for record in self.records.values():
-            self._close_pipe(record)
+        for record in self.pool.records.values():
+            self.pool.close_pipe(record)
         self.selector.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
@@ -123,40 +129,40 @@ class Arbiter(Pool):
         """Serve until stopped; return the exit status (0, or 3 if the app cannot start)."""
         self._install_signals()
         try:
-            if self.config.limit_worker_memory:
-                self.next_memory_sample = self.system.monotonic() + MEMORY_INTERVAL
-            if self.notify.watchdog_interval:
-                self.next_watchdog = self.system.monotonic() + self.notify.watchdog_interval
-            self._maintain()
+            if self.pool.config.limit_worker_memory:
+                self.pool.next_memory_sample = self.pool.system.monotonic() + MEMORY_INTERVAL
+            if self.pool.notify.watchdog_interval:
+                self.next_watchdog = self.pool.system.monotonic() + self.pool.notify.watchdog_interval
+            self.pool.maintain()
             while True:
                 self._wait()
                 self._dispatch()
-                self._reap()
+                self.pool.reap()
                 self._check_timers()
-                if self.state.stopping and not self.records:
-                    return self.exit_status
-                self._maintain()
-                if self._deferred_reload is not None and self.roll is None:
+                if self.pool.state.stopping and not self.pool.records:
+                    return self.pool.exit_status
+                self.pool.maintain()
+                if self._deferred_reload is not None and self.pool.roll is None:
                     self.on_reload()
-                    self._maintain()
+                    self.pool.maintain()
         finally:
             self._teardown()
 
     def _wait(self) -> None:
-        now = self.system.monotonic()
-        moments = self._deadlines(now)
-        leaving = self.stop_requested if self.state is MasterState.LEAVING else None
+        now = self.pool.system.monotonic()
+        moments = self.pool.moments(now)
+        leaving = self.pool.stop_requested if self.pool.state is MasterState.LEAVING else None
         extras = [self.next_watchdog, leaving] + [w.deadline() for w in self.watched]
         moments += [moment for moment in extras if moment is not None]
         timeout = max(0.0, min(moments) - now) if moments else None
         events = self.selector.select(timeout)
-        if timeout is not None and self.system.monotonic() - now - timeout >= OVERSLEPT:
-            self._forgive(self.system.monotonic() - now)
+        if timeout is not None and self.pool.system.monotonic() - now - timeout >= OVERSLEPT:
+            self._forgive(self.pool.system.monotonic() - now)
         for key, _ in events:
             if key.data is None:
                 self._drain_wakeup()
             elif isinstance(key.data, WorkerRecord):
-                self._read_pipe(key.data)
+                self.pool.read_pipe(key.data)
             elif key.data.on_readable():
                 # Its fd is done; it may still wait for a deadline (a process's exit).
                 self._unregister(key.data)
@@ -172,8 +178,8 @@ class Arbiter(Pool):
         deadlines move by the time away.
         """
         log.warning("master_was_stopped", seconds=round(away, 1))
-        now = self.system.monotonic()
-        for record in self.records.values():
+        now = self.pool.system.monotonic()
+        for record in self.pool.records.values():
             record.started_at += away
             if record.last_heartbeat is not None:
                 record.last_heartbeat = now
@@ -198,22 +204,22 @@ class Arbiter(Pool):
             pass
 
     def _check_timers(self) -> None:
-        now = self.system.monotonic()
-        self._check_workers(now)
+        now = self.pool.system.monotonic()
+        self.pool.check_workers(now)
         for source in list(self.watched):
             moment = source.deadline()
             if moment is None or (now >= moment and source.on_deadline()):
                 self.unwatch(source)
-        self._check_memory(now)
-        if self.state is MasterState.LEAVING and self.stop_requested is not None and now >= self.stop_requested:
-            log.info("shutdown_delay_over", seconds=self.config.shutdown_delay)
-            self._stop(MasterState.STOPPING)
+        self.pool.check_memory(now)
+        if self.pool.state is MasterState.LEAVING and self.pool.stop_requested is not None and now >= self.pool.stop_requested:
+            log.info("shutdown_delay_over", seconds=self.pool.config.shutdown_delay)
+            self.pool.stop(MasterState.STOPPING)
         if self.next_watchdog is not None and now >= self.next_watchdog:
-            self.next_watchdog = now + (self.notify.watchdog_interval or 1.0)
+            self.next_watchdog = now + (self.pool.notify.watchdog_interval or 1.0)
             # Healthy: some worker ready, or none wanted (after WINCH the master
             # alone is the service until TTIN/HUP; systemd must not kill it).
-            if not self.state.stopping and counts(self.records.values())[0] >= min(1, self.target):
-                self.notify.watchdog()
+            if not self.pool.state.stopping and counts(self.pool.records.values())[0] >= min(1, self.pool.target):
+                self.pool.notify.watchdog()
 
     def _drain_wakeup(self) -> None:
         try:
@@ -231,37 +237,27 @@ class Arbiter(Pool):
 
     def on_stop(self) -> None:
         """TERM: graceful shutdown of every worker, then exit 0 (after --shutdown-delay, serving meanwhile)."""
-        delay = float(self.config.shutdown_delay or 0)
-        if delay > 0 and not self.state.leaving:
+        delay = float(self.pool.config.shutdown_delay or 0)
+        if delay > 0 and not self.pool.state.leaving:
             # /readyz says 503 from now on; keep serving while the load balancer
             # (a Kubernetes Service) takes this instance out of its endpoints.
-            self.stop_requested = self.system.monotonic() + delay
-            self._set_state(MasterState.LEAVING, seconds=delay)
-            self._finish_actions("the master is stopping")
-            self.notify.stopping()
+            self.pool.stop_requested = self.pool.system.monotonic() + delay
+            self.pool.set_state(MasterState.LEAVING, seconds=delay)
+            self.pool.interrupt_actions()
+            self.pool.notify.stopping()
             log.info("shutdown_delayed", seconds=delay, reason="--shutdown-delay: not ready, still serving")
             say(f"stopping in {delay:g}s (--shutdown-delay); /readyz answers 503, serving goes on meanwhile")
             return
-        self._stop(MasterState.STOPPING)
-
-    def _stop(self, how: MasterState) -> None:
-        self._finish_actions("the master is stopping")
-        super()._stop(how)
-
-    def _finish_actions(self, reason: str) -> None:
-        from daemon.actions import INTERRUPTED
-
-        for action in list(self.actions.items):
-            self.actions.finish(action, INTERRUPTED, reason)
+        self.pool.stop(MasterState.STOPPING)
 
     def on_interrupt(self) -> None:
         """INT: as TERM; a second INT is QUIT (Ctrl-C twice)."""
         self.interrupts += 1
-        self._stop(MasterState.STOPPING if self.interrupts == 1 else MasterState.QUITTING)
+        self.pool.stop(MasterState.STOPPING if self.interrupts == 1 else MasterState.QUITTING)
 
     def on_quit(self) -> None:
         """QUIT: workers exit at once, then the master."""
-        self._stop(MasterState.QUITTING)
+        self.pool.stop(MasterState.QUITTING)
 
     def on_reload(self) -> None:
         """HUP: validate the new configuration, then roll the workers onto it."""
@@ -272,11 +268,11 @@ class Arbiter(Pool):
         from daemon.actions import IGNORED, REFUSED
 
         deferred, self._deferred_reload = self._deferred_reload, None
-        action = deferred or self.actions.begin("reload", origin)
-        if self.state.leaving:
-            self.actions.finish(action, IGNORED, "the master is stopping")
+        action = deferred or self.pool.actions.begin("reload", origin)
+        if self.pool.state.leaving:
+            self.pool.actions.finish(action, IGNORED, "the master is stopping")
             return action
-        if self.roll is not None and self.roll.reason == "upgrade":
+        if self.pool.roll is not None and self.pool.roll.reason == "upgrade":
             # Superseding the upgrade's roll would report the upgrade done (and
             # READY=1) before any new worker is ready: finish it first.
             self._deferred_reload = action
@@ -288,22 +284,22 @@ class Arbiter(Pool):
         from daemon.config import ConfigError, reload_config
 
         try:
-            new = reload_config(self.config)
+            new = reload_config(self.pool.config)
         except ConfigError as exc:
             log.error("config_invalid", error=str(exc), action="keep-serving")
             say(f"reload refused, configuration invalid: {exc}")
-            self.actions.finish(action, REFUSED, f"configuration invalid: {exc}")
+            self.pool.actions.finish(action, REFUSED, f"configuration invalid: {exc}")
             return action
-        if tuple(new.binds) != tuple(self.config.binds):
+        if tuple(new.binds) != tuple(self.pool.config.binds):
             log.warning("listeners_unchanged", reason="changing listeners needs a restart or USR2",
-                        wanted=list(new.binds), kept=[lst.address for lst in self.listeners])
-        if self.preloaded_app is not None:
+                        wanted=list(new.binds), kept=[lst.address for lst in self.pool.listeners])
+        if self.pool.preloaded_app is not None:
             log.warning("app_not_reloaded", reason="--preload: the app was imported in the master; "
                         "new workers run the same code (use USR2 to load new code)")
-        self.notify.reloading()
+        self.pool.notify.reloading()
         self._reconfigure_logs(new)
-        self.start_roll(new, Reason.HUP.value)
-        action.generation = self.generation
+        self.pool.start_roll(new, Reason.HUP.value)
+        action.generation = self.pool.generation
         return action
 
     def _reconfigure_logs(self, config: Any) -> None:
@@ -316,20 +312,20 @@ class Arbiter(Pool):
 
     def on_scale_up(self) -> None:
         """TTIN: one worker more."""
-        if not self.state.stopping:
-            self.target = scale(self.target, +1)
-            self.vacancy = Reason.TTIN.value
-            log.info("scale", workers=self.target, reason="ttin")
+        if not self.pool.state.stopping:
+            self.pool.target = scale(self.pool.target, +1)
+            self.pool.vacancy = Reason.TTIN.value
+            log.info("scale", workers=self.pool.target, reason="ttin")
 
     def on_scale_down(self) -> None:
         """TTOU: one worker fewer (never below one); the oldest retires."""
-        if self.state.stopping or self.target <= 1:  # never below one; after WINCH (0) stay at 0
+        if self.pool.state.stopping or self.pool.target <= 1:  # never below one; after WINCH (0) stay at 0
             return
-        self.target = scale(self.target, -1)
-        victim = oldest_serving(self.records.values())
+        self.pool.target = scale(self.pool.target, -1)
+        victim = oldest_serving(self.pool.records.values())
         if victim is not None:
             victim.replace_reason = Reason.TTOU.value
-        log.info("scale", workers=self.target, reason="ttou")
+        log.info("scale", workers=self.pool.target, reason="ttou")
 
     def on_reopen(self) -> None:
         """USR1: reopen log files here and in every worker."""
@@ -340,8 +336,8 @@ class Arbiter(Pool):
         except Exception as exc:
             log.error("log_reopen_failed", error=str(exc))
         log.info("logs_reopened")
-        for record in self.records.values():
-            self._signal(record, WORKER_SIGNALS["reopen"])
+        for record in self.pool.records.values():
+            self.pool.signal_worker(record, WORKER_SIGNALS["reopen"])
 
     def on_upgrade(self) -> None:
         """USR2: the binary upgrade, handed to ``daemon.upgrade`` through the ``upgrade`` hook."""
@@ -351,26 +347,46 @@ class Arbiter(Pool):
         """USR2's work, recorded as an action; its outcome comes through :meth:`upgrade_outcome`."""
         from daemon.actions import IGNORED
 
-        action = self.actions.begin("upgrade", origin)
-        if self.state.leaving:
-            self.actions.finish(action, IGNORED, "the master is stopping")
+        action = self.pool.actions.begin("upgrade", origin)
+        if self.pool.state.leaving:
+            self.pool.actions.finish(action, IGNORED, "the master is stopping")
             return action
         if self.upgrade is None:
             log.warning("upgrade_unavailable", reason="no upgrade handler in this master")
-            self.actions.finish(action, IGNORED, "no upgrade handler in this master")
+            self.pool.actions.finish(action, IGNORED, "no upgrade handler in this master")
             return action
         self.upgrade(self)
         return action
 
     def upgrade_outcome(self, result: str, reason: str = "") -> None:
         """Told by the upgrader: the running upgrade ended (``done``, ``rolled-back``, ``ignored``)."""
-        self.actions.finish(self.actions.running("upgrade"), result, reason)
+        self.pool.actions.finish(self.pool.actions.running("upgrade"), result, reason)
 
     # -- what the upgrader sees (daemon.upgrade.Master) -------------------------
 
+    @property
+    def config(self) -> Any:
+        """The configuration the workers run (the preflight rebuilds its command line)."""
+        return self.pool.config
+
+    @property
+    def state(self) -> MasterState:
+        """The master's mode."""
+        return self.pool.state
+
+    @property
+    def generation(self) -> int:
+        """The generation of the configuration new workers get."""
+        return self.pool.generation
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The listening sockets."""
+        return self.pool.listeners
+
     def live_workers(self) -> list[WorkerRecord]:
         """The workers not reaped yet (the hand-off describes them to the next image)."""
-        return [record for record in self.records.values() if record.alive]
+        return [record for record in self.pool.records.values() if record.alive]
 
     def recorded_signals(self) -> tuple[int, ...]:
         """Signals received and not yet dispatched, oldest first."""
@@ -383,19 +399,19 @@ class Arbiter(Pool):
     def announce_ready(self, *, mainpid: bool = False) -> None:
         """``READY=1`` to systemd; with ``mainpid``, ``MAINPID=`` first (the end of an upgrade)."""
         if mainpid:
-            self.notify.mainpid(os.getpid())
-        self.notify.ready()
+            self.pool.notify.mainpid(os.getpid())
+        self.pool.notify.ready()
 
     def on_winch(self) -> None:
         """WINCH (off a terminal): stop every worker gracefully, keep master and sockets."""
-        if self.state.stopping:
+        if self.pool.state.stopping:
             return
         if on_terminal():
             # In a terminal, WINCH only means the window was resized.
             log.debug("winch_ignored", reason="in the foreground of a terminal")
             return
-        self.target = 0
-        for record in self.records.values():
+        self.pool.target = 0
+        for record in self.pool.records.values():
             if record.state in (State.BOOTING, State.READY):
                 record.replace_reason = Reason.WINCH.value
         log.info("scale", workers=0, reason="winch")
@@ -405,14 +421,14 @@ class Arbiter(Pool):
         if os.getpid() == 1:
             from daemon.orphans import reap_orphans
 
-            known = set(self.records)
+            known = set(self.pool.records)
             known.update(getattr(getattr(w, "popen", None), "pid", None) or 0 for w in self.watched)
             reap_orphans(known)
 
     def on_resume(self) -> None:
         """CONT (``fg`` after Ctrl-Z): the workers were stopped too; none of them is stuck."""
-        now = self.system.monotonic()
-        for record in self.records.values():
+        now = self.pool.system.monotonic()
+        for record in self.pool.records.values():
             if record.last_heartbeat is not None:
                 record.last_heartbeat = max(record.last_heartbeat, now)
 
@@ -526,17 +542,17 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
         upgrader = resumed.upgrader if resumed is not None else upgrade.Upgrader(socket_activated=activated)
         arbiter = Arbiter(config, listeners, notify=notify, app=app, upgrade=upgrader)
         upgrader.report = arbiter.upgrade_outcome
-        arbiter.totals.take_inherited(keep=resumed is not None)
+        arbiter.pool.totals.take_inherited(keep=resumed is not None)
         try:
             sidecars = open_sidecars(arbiter, config)
         except Exception as exc:  # SidecarError: one line; anything else as well, never half-started
             raise CannotStart(1, str(exc), str(exc)) from None
         if resumed is not None:
             for record in resumed.adopted:
-                arbiter.adopt(record)
-            arbiter.on_roll_end = lambda ok, error: upgrader.roll_finished(arbiter, ok, error)
-            arbiter.start_roll(config, "upgrade")
-            arbiter.actions.begin("upgrade", "handoff").generation = arbiter.generation
+                arbiter.pool.adopt(record)
+            arbiter.pool.on_roll_end = lambda ok, error: upgrader.roll_finished(arbiter, ok, error)
+            arbiter.pool.start_roll(config, "upgrade")
+            arbiter.pool.actions.begin("upgrade", "handoff").generation = arbiter.pool.generation
         return arbiter.run()
     except CannotStart as exc:
         if exc.line is not None:

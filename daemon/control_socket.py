@@ -133,31 +133,31 @@ class ControlHandler:
 
     def cmd_status(self, _request: dict[str, Any]) -> dict[str, Any]:
         a = self.arbiter
-        ready, total = counts(a.records.values())
+        ready, total = counts(a.pool.records.values())
         scheme = "https" if a.config.ssl_certfile else "http"
         settings = {}
         for name, value in a.config.values.items():
             shown = "***" if name in SECRET_OPTIONS and value else _jsonable(value)
             settings[name] = {"value": shown, "source": setting_source(a.config.sources.get(name, "default"))}
-        last = a.actions.last
+        last = a.pool.actions.last
         return {
             "ok": True, "pid": os.getpid(), "image": a.image_id,
             "uptime": round(time.time() - a.process_started, 3),
             "image_uptime": round(time.time() - a.image_started, 3),
-            "upgraded": any(item.origin == "handoff" for item in a.actions.items),
+            "upgraded": any(item.origin == "handoff" for item in a.pool.actions.items),
             "generation": a.generation, "app": _jsonable(a.config.app),
             "listeners": [lst.url(scheme) for lst in a.listeners],
-            "workers": {"ready": ready, "total": total, "wanted": a.target},
+            "workers": {"ready": ready, "total": total, "wanted": a.pool.target},
             "stopping": a.state.leaving,
-            "rolling": a.roll is not None,
-            "last_failure": a.last_failure,
+            "rolling": a.pool.roll is not None,
+            "last_failure": a.pool.last_failure,
             "last_action": last.as_dict() if last is not None else None,
-            "actions": [item.as_dict() for item in a.actions.items],
+            "actions": [item.as_dict() for item in a.pool.actions.items],
             "settings": settings,
         }
 
     def cmd_action(self, request: dict[str, Any]) -> dict[str, Any]:
-        action = self.arbiter.actions.get(int(request.get("id", 0)))
+        action = self.arbiter.pool.actions.get(int(request.get("id", 0)))
         if action is None:
             return {"ok": False, "error": "no such action", "image": self.arbiter.image_id}
         return {"ok": True, "action": action.as_dict(), "image": self.arbiter.image_id}
@@ -166,7 +166,7 @@ class ControlHandler:
         import psutil
 
         now, rows = time.monotonic(), []
-        for record in sorted(self.arbiter.records.values(), key=lambda r: r.serial):
+        for record in sorted(self.arbiter.pool.records.values(), key=lambda r: r.serial):
             stats = record.stats or {}
             rss = cpu = None
             try:
@@ -191,7 +191,7 @@ class ControlHandler:
                 "heartbeat_age": None if record.last_heartbeat is None else round(now - record.last_heartbeat, 3),
                 "replacing": record.replace_reason or record.drain_reason,
             })
-        live = {record.pid for record in self.arbiter.records.values()}
+        live = {record.pid for record in self.arbiter.pool.records.values()}
         for pid in list(self.cpu):
             if pid not in live:
                 del self.cpu[pid]
@@ -212,17 +212,17 @@ class ControlHandler:
             number = int(text)
         except ValueError:
             raise ValueError(f"expected N, +N or -N, got {text!r}") from None
-        wanted = a.target + number if text[:1] in "+-" else number
+        wanted = a.pool.target + number if text[:1] in "+-" else number
         if wanted < 1:
             raise ValueError(f"at least one worker (asked for {wanted})")
         if a.state.leaving:
             raise ValueError("the master is stopping")
-        before = a.target
-        while a.target < wanted:
+        before = a.pool.target
+        while a.pool.target < wanted:
             a.on_scale_up()
-        while a.target > wanted:
+        while a.pool.target > wanted:
             a.on_scale_down()
-        return {"ok": True, "workers": {"before": before, "wanted": a.target}}
+        return {"ok": True, "workers": {"before": before, "wanted": a.pool.target}}
 
     def cmd_stop(self, request: dict[str, Any]) -> dict[str, Any]:
         quick = bool(request.get("quick"))
@@ -235,7 +235,7 @@ class ControlHandler:
 
     def cmd_reopen_logs(self, _request: dict[str, Any]) -> dict[str, Any]:
         self.arbiter.on_reopen()
-        return {"ok": True, "workers": sum(1 for r in self.arbiter.records.values() if r.state is not State.GONE)}
+        return {"ok": True, "workers": sum(1 for r in self.arbiter.pool.records.values() if r.state is not State.GONE)}
 
 
 __all__ = ["open_control", "SidecarError", "actions"]

@@ -3,7 +3,7 @@
 The workers have their states (``daemon.workers.State``); this is the same
 idea for the master itself. At any moment it is in exactly one
 :class:`MasterState`, and :func:`transition` is the only way to change it:
-``daemon.pool.Pool._set_state`` calls it and logs every change
+``daemon.pool.Pool.set_state`` calls it and logs every change
 (``master_state``), so a reader follows the master through one event.
 
 * ``serving`` → ``rolling`` on HUP, back to ``serving`` when the roll is done or aborted;

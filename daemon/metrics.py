@@ -188,8 +188,8 @@ class Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         arbiter = self.arbiter
-        totals: Totals = arbiter.totals
-        records = list(arbiter.records.values())
+        totals: Totals = arbiter.pool.totals
+        records = list(arbiter.pool.records.values())
         data = totals.combined(record.stats for record in records)
 
         requests = CounterMetricFamily("corral_requests", "HTTP requests served, by method and status class.",
@@ -223,7 +223,7 @@ class Collector:
         for state in (State.BOOTING, State.READY, State.DRAINING, State.FAILED):
             by_state.add_metric([state.value], sum(1 for r in records if r.state is state))
         yield by_state
-        yield GaugeMetricFamily("corral_workers_wanted", "Workers the master keeps ready.", value=arbiter.target)
+        yield GaugeMetricFamily("corral_workers_wanted", "Workers the master keeps ready.", value=arbiter.pool.target)
         restarts = CounterMetricFamily("corral_worker_restarts", "Workers replaced or lost, by reason.",
                                        labels=["reason"])
         for reason, count in sorted(totals.restarts.items()):
@@ -292,7 +292,7 @@ def ready(arbiter: Any) -> tuple[bool, str]:
         return False, "stopping"
     from daemon.workers import counts
 
-    if counts(arbiter.records.values())[0] < 1:
+    if counts(arbiter.pool.records.values())[0] < 1:
         return False, "no worker ready"
     return True, "ready"
 

@@ -11,7 +11,10 @@ one is ready.
 
 What to decide is pure and lives in ``daemon.workers``; doing it lives here;
 *when* to do it — signals turned into commands, the one wait — lives in
-``daemon.arbiter``, whose ``Arbiter`` is a Pool with a loop.
+``daemon.arbiter``, whose ``Arbiter`` drives a Pool (``arbiter.pool``). The
+operating system (fork, kill, waitpid, the clock, RSS) is reached through
+``daemon.system.System`` only, so ``tests/test_pool.py`` runs a Pool without
+a process.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ import os
 import selectors
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
-from daemon.actions import Actions
+from daemon.actions import INTERRUPTED, Actions
 from daemon.config import env_overlay
 from daemon.listeners import Listener
 from daemon.master_state import MasterState
@@ -140,12 +143,16 @@ def say(line: str) -> None:
 
 
 class Pool:
-    """The master's workers and the operations on them; ``daemon.arbiter.Arbiter`` adds the loop."""
+    """The master's workers, its mode, and the operations on them; ``daemon.arbiter.Arbiter`` drives it."""
 
     def __init__(self, config: Any, listeners: list[Listener], *, notify: Notifier | None = None,
                  app: Any = None, on_roll_end: Callable[[bool, str], None] | None = None,
-                 system: System | None = None) -> None:
+                 system: System | None = None, extra_fds: Callable[[], Iterable[int]] | None = None,
+                 selector: selectors.DefaultSelector | None = None) -> None:
         self.config = config
+        # The descriptors of whoever drives the pool (the arbiter's wake-up pipe, its watched
+        # sources): master-only as well, closed in every forked worker.
+        self.extra_fds = extra_fds
         # fork, kill, waitpid, the clock and RSS: all the pool does to the OS (a test passes its own).
         self.system = system or System()
         self.listeners = listeners
@@ -165,7 +172,7 @@ class Pool:
         self.vacancy = Reason.START.value
         self.failures = 0  # consecutive failed boots while serving
         self.retry_at: float | None = None
-        # The master's mode; changed by _set_state only (daemon.master_state has the table).
+        # The master's mode; changed by set_state only (daemon.master_state has the table).
         self.state = MasterState.SERVING
         # Facts, not modes (they only ever become True): some worker was ready once
         # (a failed boot is retried from then on), and READY=1 was sent.
@@ -180,7 +187,7 @@ class Pool:
         # The signals sent to each live worker: an exit by any other signal was not our doing.
         self.sent_signals: dict[int, set[int]] = {}
         # One selector for the whole master: the pool registers the workers' pipes in it.
-        self.selector = selectors.DefaultSelector()
+        self.selector = selector or selectors.DefaultSelector()
         self._last_status = ""
         # Counters of reaped workers (metrics stay monotonic) and the reloads/upgrades and their outcomes.
         self.totals = Totals()
@@ -188,7 +195,7 @@ class Pool:
 
     # -- worker pipes --------------------------------------------------------
 
-    def _read_pipe(self, record: WorkerRecord) -> None:
+    def read_pipe(self, record: WorkerRecord) -> None:
         if record.read_fd is None:
             return
         data, eof = read_pipe(record.read_fd)
@@ -196,9 +203,9 @@ class Pool:
         for message in messages:
             self._on_message(record, message.kind, message.arg)
         if eof:
-            self._close_pipe(record)
+            self.close_pipe(record)
 
-    def _close_pipe(self, record: WorkerRecord) -> None:
+    def close_pipe(self, record: WorkerRecord) -> None:
         if record.read_fd is not None:
             try:
                 self.selector.unregister(record.read_fd)
@@ -235,7 +242,7 @@ class Pool:
                  ready=ready, total=total, **fields)
         self._update_status()
 
-    def _set_state(self, new: MasterState, **fields: Any) -> None:
+    def set_state(self, new: MasterState, **fields: Any) -> None:
         """The one place the master's mode changes, and is logged (``master_state``)."""
         old, self.state = self.state, master_transition(self.state, new)
         if new is not old:
@@ -254,14 +261,15 @@ class Pool:
 
     def _master_fds(self) -> list[int]:
         """Descriptors only the master may hold; a forked worker closes them first."""
-        fds = [self.selector.fileno()] + [r.read_fd for r in self.records.values() if r.read_fd is not None]
+        fds = [*(self.extra_fds() if self.extra_fds is not None else ()), self.selector.fileno()]
+        fds += [r.read_fd for r in self.records.values() if r.read_fd is not None]
         # The sd_notify socket (created lazily by the first notification).
         notify_fd = getattr(self.notify, "fileno", lambda: None)()
         if notify_fd is not None:
             fds.append(notify_fd)
         return fds
 
-    def _signal(self, record: WorkerRecord, sig: int) -> None:
+    def signal_worker(self, record: WorkerRecord, sig: int) -> None:
         self.sent_signals.setdefault(record.pid, set()).add(sig)
         self.system.kill(record.pid, sig)  # if already dead, the CHLD wake-up reaps it
 
@@ -291,9 +299,9 @@ class Pool:
         record.drain_reason = reason
         record.kill_at = self.system.monotonic() + kill_delay(self.config.timeout_graceful_shutdown)
         self._transition(record, State.DRAINING, reason=reason)
-        self._signal(record, WORKER_SIGNALS["retire"])
+        self.signal_worker(record, WORKER_SIGNALS["retire"])
 
-    def _maintain(self) -> None:
+    def maintain(self) -> None:
         """Apply the plan: spawn what is missing, retire what is in excess."""
         if self.state.stopping or self.state is MasterState.HELD:
             return
@@ -313,13 +321,13 @@ class Pool:
 
     # -- reaping and failures ------------------------------------------------
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
         for record in list(self.records.values()):
             status = self.system.reap(record.pid)
             if status is None:
                 continue
-            self._read_pipe(record)  # a last "ready" or "fail" may still be in the pipe
-            self._close_pipe(record)
+            self.read_pipe(record)  # a last "ready" or "fail" may still be in the pipe
+            self.close_pipe(record)
             record.exit_status = status
             self._on_exit(record)
 
@@ -351,7 +359,7 @@ class Pool:
             log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message, action="exit")
             say(f"the application could not start: {message}")
             self.exit_status = EXIT_APP_FAILED
-            self._stop(MasterState.QUITTING)
+            self.stop(MasterState.QUITTING)
         elif verdict is Verdict.WAIT:
             log.error("boot_failed", worker=record.pid, status=record.exit_status, error=message,
                       action="wait-for-change")
@@ -361,7 +369,7 @@ class Pool:
                 # Leaving anyway (--shutdown-delay): spawn nothing until the delay ends and the stop begins.
                 self.retry_at = self.stop_requested
             else:
-                self._set_state(MasterState.HELD, reason="boot-failed")
+                self.set_state(MasterState.HELD, reason="boot-failed")
         elif verdict is Verdict.ABORT_ROLL and self.roll is not None:
             log.error("roll_aborted", generation=self.roll.generation, worker=record.pid, error=message)
             say(f"reload aborted, the previous workers keep serving: {message}")
@@ -385,7 +393,7 @@ class Pool:
 
     # -- deadlines -----------------------------------------------------------
 
-    def _deadlines(self, now: float) -> list[float]:
+    def moments(self, now: float) -> list[float]:
         """The pool's pending moments: each worker's boot, heartbeat and kill, the stop, a retry, a sample."""
         moments = deadlines(list(self.records.values()), now=now,
                             boot_timeout=self.config.timeout_worker_boot,
@@ -393,7 +401,7 @@ class Pool:
         extras = [self.stop_deadline, self.retry_at, self.next_memory_sample]
         return moments + [moment for moment in extras if moment is not None]
 
-    def _check_workers(self, now: float) -> None:
+    def check_workers(self, now: float) -> None:
         """Act on every worker deadline that has passed: kill, boot timeout, silent loop, the stop, a retry."""
         cfg = self.config
         for record, what in due(self.records.values(), now, boot_timeout=cfg.timeout_worker_boot,
@@ -402,11 +410,11 @@ class Pool:
             if what is Due.KILL:
                 record.kill_at = None
                 log.warning("worker_killed", worker=record.pid, reason=record.drain_reason)
-                self._signal(record, signal.SIGKILL)
+                self.signal_worker(record, signal.SIGKILL)
             elif what is Due.BOOT_TIMEOUT:
                 record.drain_reason = Reason.BOOT_TIMEOUT.value
                 self._transition(record, State.FAILED, reason=record.drain_reason)
-                self._signal(record, signal.SIGKILL)
+                self.signal_worker(record, signal.SIGKILL)
             else:
                 # A silent event loop: log its stacks (SIGUSR2 → faulthandler), then kill it.
                 log.error("heartbeat_timeout", worker=record.pid, timeout=cfg.timeout_worker_healthcheck)
@@ -414,16 +422,16 @@ class Pool:
                 record.kill_at = now + STACK_GRACE
                 self.vacancy = Reason.HEARTBEAT.value
                 self._transition(record, State.DRAINING, reason=record.drain_reason)
-                self._signal(record, WORKER_SIGNALS["stacks"])
+                self.signal_worker(record, WORKER_SIGNALS["stacks"])
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self.stop_deadline = None
             for record in self.records.values():
                 log.warning("worker_killed", worker=record.pid, reason="shutdown-timeout")
-                self._signal(record, signal.SIGKILL)
+                self.signal_worker(record, signal.SIGKILL)
         if self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
 
-    def _check_memory(self, now: float) -> None:
+    def check_memory(self, now: float) -> None:
         """Sample the workers' memory when it is time (--limit-worker-memory)."""
         if self.next_memory_sample is not None and now >= self.next_memory_sample:
             # A HUP may have removed the limit: then stop sampling.
@@ -447,12 +455,13 @@ class Pool:
 
     # -- stop, roll, adopt ---------------------------------------------------
 
-    def _stop(self, how: MasterState) -> None:
+    def stop(self, how: MasterState) -> None:
         """Stop every worker: ``STOPPING`` gracefully, ``QUITTING`` at once; each with a kill deadline."""
+        self.interrupt_actions()
         if self.state is MasterState.QUITTING or self.state is how:
             return
         mode = "quit" if how is MasterState.QUITTING else "term"
-        self._set_state(how)
+        self.set_state(how)
         self.notify.stopping()
         now = self.system.monotonic()
         if mode == "quit":
@@ -466,7 +475,12 @@ class Pool:
             if record.state in (State.BOOTING, State.READY):
                 record.drain_reason = Reason.QUIT.value if mode == "quit" else Reason.SHUTDOWN.value
                 self._transition(record, State.DRAINING, reason=record.drain_reason)
-            self._signal(record, sig)
+            self.signal_worker(record, sig)
+
+    def interrupt_actions(self) -> None:
+        """A stop began: every reload or upgrade still running ends as ``interrupted``."""
+        for action in list(self.actions.items):
+            self.actions.finish(action, INTERRUPTED, "the master is stopping")
 
     def _end_roll(self, ok: bool, error: str, *, superseded: bool = False) -> None:
         if self.roll is not None:
@@ -474,7 +488,7 @@ class Pool:
         self.roll = None
         if self.state.rolling and not superseded:
             # (A roll that began before a TERM with --shutdown-delay ends while the master is leaving.)
-            self._set_state(MasterState.SERVING, roll="done" if ok else "aborted")
+            self.set_state(MasterState.SERVING, roll="done" if ok else "aborted")
         if self.on_roll_end is not None:
             callback, self.on_roll_end = self.on_roll_end, None
             callback(ok, error)
@@ -493,7 +507,7 @@ class Pool:
         self.target = int(config.workers)
         self.vacancy = reason
         self.failures, self.retry_at = 0, None
-        self._set_state(MasterState.UPGRADING if reason == "upgrade" else MasterState.ROLLING,
+        self.set_state(MasterState.UPGRADING if reason == "upgrade" else MasterState.ROLLING,
                         generation=self.generation)
         if config.limit_worker_memory and self.next_memory_sample is None:
             self.next_memory_sample = self.system.monotonic() + MEMORY_INTERVAL

@@ -84,18 +84,18 @@ def system() -> Iterator[FakeSystem]:
 
 def make_pool(system: FakeSystem, **options: Any) -> Pool:
     pool = Pool(config(**options), [], system=system)  # type: ignore[arg-type]
-    pool._maintain()
+    pool.maintain()
     return pool
 
 
 def turn(pool: Pool) -> None:
     """One pass of the arbiter's loop, without the wait and the signals."""
     for record in list(pool.records.values()):
-        pool._read_pipe(record)
-    pool._reap()
-    pool._check_workers(pool.system.monotonic())
-    pool._check_memory(pool.system.monotonic())
-    pool._maintain()
+        pool.read_pipe(record)
+    pool.reap()
+    pool.check_workers(pool.system.monotonic())
+    pool.check_memory(pool.system.monotonic())
+    pool.maintain()
 
 
 def pids(pool: Pool, state: State | None = None) -> list[int]:
@@ -155,7 +155,7 @@ def test_under_reload_a_broken_app_holds_the_master_until_the_next_change(system
     turn(pool)
     assert not pool.records  # held: nothing spawned however long it waits
     pool.start_roll(pool.config, "hup")  # the file changed
-    pool._maintain()
+    pool.maintain()
     assert pool.state is MasterState.ROLLING and pids(pool) == [101]
 
 
@@ -174,7 +174,7 @@ def test_a_replacement_that_fails_to_boot_is_retried_with_backoff(system: FakeSy
 def test_a_roll_starts_the_new_worker_first_and_retires_the_old_one_once_it_is_ready(system: FakeSystem) -> None:
     pool = start(system, workers=1)
     pool.start_roll(config(workers=1, timeout_keep_alive=7), "hup")
-    pool._maintain()
+    pool.maintain()
     assert pool.state is MasterState.ROLLING and pids(pool) == [100, 101]
     assert system.sent(100) == []  # the old one serves on
     system.tell(101, "ready")
@@ -191,7 +191,7 @@ def test_a_roll_whose_new_worker_cannot_boot_is_rolled_back(system: FakeSystem) 
     pool = start(system, workers=1)
     previous = pool.config
     pool.start_roll(before, "hup")
-    pool._maintain()
+    pool.maintain()
     system.exit(101, EXIT_APP_FAILED)
     turn(pool)
     assert pool.state is MasterState.SERVING and pool.roll is None
@@ -233,11 +233,11 @@ def test_a_worker_over_its_memory_limit_twice_in_a_row_is_replaced(system: FakeS
 
 def test_stop_drains_every_worker_and_quit_wins_over_a_later_term(system: FakeSystem) -> None:
     pool = start(system, workers=2)
-    pool._stop(MasterState.QUITTING)
+    pool.stop(MasterState.QUITTING)
     assert pool.state is MasterState.QUITTING
     assert {pid: system.sent(pid) for pid in (100, 101)} == {100: [WORKER_SIGNALS["quit"]],
                                                               101: [WORKER_SIGNALS["quit"]]}
-    pool._stop(MasterState.STOPPING)  # a TERM after QUIT changes nothing
+    pool.stop(MasterState.STOPPING)  # a TERM after QUIT changes nothing
     assert pool.state is MasterState.QUITTING and len(system.signals) == 2
     system.exit(100, 0)
     system.exit(101, 0)
