@@ -254,3 +254,16 @@ def substitute(shipped: Path, substitutions: dict[str, str]) -> str:
         assert old in text, f"{shipped.relative_to(ROOT)} no longer contains {old!r}; update its test"
         text = text.replace(old, new)
     return text
+
+
+def tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA's certificate for 127.0.0.1/localhost: (certfile, keyfile, cafile) in ``folder``."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile, cafile = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    return certfile, keyfile, cafile

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import FACTOR, Corral, require_tool, wait_until, worker_pids
+from tests.support import FACTOR, Corral, require_tool, tls_files, wait_until, worker_pids
 
 Start = Callable[..., Corral]
 
@@ -52,14 +52,7 @@ def test_http1_only_without_http2(corral: Start) -> None:
 
 
 def test_tls_alpn_h2_and_http11_on_one_port(corral: Start, tmp_path: Path) -> None:
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(cafile))
+    certfile, keyfile, cafile = tls_files(tmp_path)
     server = corral("int_echo:app", "--http", "zttp", "--http2", "--ssl-certfile", str(certfile),
                     "--ssl-keyfile", str(keyfile), wait=False)
     url = f"https://127.0.0.1:{server.port}/whoami"

@@ -41,7 +41,7 @@ from urllib.parse import unquote
 import zttp
 
 from server_core.http.response import server_headers
-from server_core.http.stream import CLOSED, DONE, ClientDisconnected, HTTPStream, http_scope
+from server_core.http.stream import CLOSED, DONE, ClientDisconnected, HTTPStream, http_scope, release
 from server_core.proxy import ProxyTrust
 from server_core.state import RequestHead, ServerState
 
@@ -152,12 +152,7 @@ class H2Protocol(asyncio.Protocol):
         """The connection is gone: every stream still open sees ``http.disconnect``."""
         self.gone = True
         self.state.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._cancel_timers()
         for stream in list(self.streams.values()):
             stream.disconnect()
         self._wake_all()
@@ -514,9 +509,7 @@ class H2Protocol(asyncio.Protocol):
 
     def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        release(waiters)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -609,13 +602,14 @@ class H2Protocol(asyncio.Protocol):
             self.flush()
             self.gone = True
             self.transport.close()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._cancel_timers()
         self._wake_all()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._body_timer = None
 
 
 _names: tuple[Any, frozenset[bytes]] = (None, frozenset())

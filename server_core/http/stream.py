@@ -88,6 +88,13 @@ class Wire(Protocol):
         """Wait until the stream may write again (or is closed)."""
 
 
+def release(waiters: list[asyncio.Future[None]]) -> None:
+    """Resolve every future in ``waiters`` (callers hand over the list and start a new one)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
 def http_scope(head: RequestHead, client: tuple[str, int] | None, server: tuple[str, int] | None,
                scheme: str, root_path: str, app_state: dict[str, Any]) -> dict[str, Any]:
     """The ASGI ``http`` scope of one request (client/server/scheme already proxy-resolved).
