@@ -490,6 +490,34 @@ def test_head_size_limit_comes_from_the_settings() -> None:
     assert h11.feed(BIG_HEAD)[0].status == 431
 
 
+def test_pipelined_requests_are_parsed_a_batch_at_a_time(make) -> None:
+    """One read of many tiny pipelined requests gives at most MessageReader.batch events, then HELD.
+
+    The rest waits in the parser as bytes (a fraction of the memory of parsed
+    requests) until the connection feeds b"" again; at EOF it is all parsed.
+    """
+    from server_core.http.events import HELD
+
+    raw = b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(100))
+    parser = make()
+    first = parser.feed(raw)
+    assert len(first) == 2 * 32 + 1 and first[-1] is HELD  # each head expands to head + EndOfMessage here
+    assert parser.held and not parser.head_started
+    second = parser.feed(b"")
+    assert second[-1] is HELD
+    rest = parser.feed(b"GET /last HTTP/1.1\r\nHost: a\r\n\r\n")
+    rest += parser.feed(b"") if rest[-1:] == [HELD] else []
+    heads = [e.path for e in first + second + rest if isinstance(e, RequestHead)]
+    assert heads == [f"/{i}" for i in range(100)] + ["/last"]
+    assert not parser.held
+    # At EOF, held requests are all parsed.
+    parser = make()
+    assert parser.feed(raw)[-1] is HELD
+    tail = parser.eof()
+    assert len([e for e in tail if isinstance(e, RequestHead)]) == 100 - 32
+    assert not [e for e in tail if e is HELD or isinstance(e, ParseError)]
+
+
 def test_h11_max_incomplete_event_size() -> None:
     parser = H11Parser(max_incomplete_event_size=1000)
     events = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-A: 12345678\r\n" * 100)

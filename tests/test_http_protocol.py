@@ -1297,3 +1297,27 @@ def test_websocket_upgrade_with_a_body_answered_400(serve, clients) -> None:
     status, headers, _ = client.response()
     assert status == 400 and headers[b"connection"] == b"close"
     assert client.closed()
+
+
+def test_pipelined_flood_is_parsed_a_batch_at_a_time_and_all_answered(serve, clients) -> None:
+    """2000 tiny pipelined requests in one go behind a slow one: few are parsed ahead, all are answered in order.
+
+    One read used to become every request it held (thousands of streams and
+    scopes, some 12 MB per 256 KiB read); now the parser holds the bytes and
+    the connection parses a batch whenever the queue has room.
+    """
+    app = http_apps.SlowPath()
+    server = serve(app, timeout_keep_alive=30)
+    client = clients(server.port)
+    client.send(GET % b"/slow" + b"".join(GET % b"/%d" % i for i in range(2000)))
+    wait_until(lambda: app.started == 1, 10, "the slow request to start")
+    time.sleep(0.3)  # every byte is read by now (the kernel's buffers hold them all)
+
+    def queued() -> int:
+        return max((len(conn.queue) for conn in server.state.connections), default=0)
+
+    assert server.call(queued) <= 33
+    server.call(lambda: app.release.set())  # type: ignore[union-attr]
+    assert client.response()[2] == b"/slow"
+    for i in range(2000):
+        assert client.response()[2] == b"/%d" % i

@@ -44,9 +44,19 @@ class ParseError:
     reason: str
 
 
-Event = RequestHead | Body | EndOfMessage | ParseError
+@dataclass(slots=True)
+class Held:
+    """The adapter stopped parsing with complete requests still to come (see MessageReader.held).
+
+    Always the last event of a feed(): the connection stops reading until it
+    has served the requests already parsed, then feeds ``b""`` to go on.
+    """
+
+
+Event = RequestHead | Body | EndOfMessage | ParseError | Held
 
 # A single instance is enough: the event carries no data.
 END_OF_MESSAGE = EndOfMessage()
+HELD = Held()
 
-__all__ = ["Body", "END_OF_MESSAGE", "EndOfMessage", "Event", "ParseError", "RequestHead"]
+__all__ = ["Body", "END_OF_MESSAGE", "EndOfMessage", "Event", "HELD", "Held", "ParseError", "RequestHead"]

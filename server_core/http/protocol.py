@@ -19,9 +19,9 @@ from typing import Any, cast
 
 from server_core.http import H2_PREFACE, make_parser
 from server_core.http import response as resp
-from server_core.http.events import Body, EndOfMessage, ParseError
+from server_core.http.events import HELD, Body, EndOfMessage, ParseError
 from server_core.http.response import ServerHeaders, server_headers, simple_response
-from server_core.http.stream import CLOSED, DONE, HTTPStream, http_scope, release
+from server_core.http.stream import CLOSED, DONE, HTTPStream, http_scope
 from server_core.proxy import ProxyTrust
 from server_core.state import RequestHead, ServerState
 
@@ -250,6 +250,10 @@ class HTTPProtocol(asyncio.Protocol):
                     self.receiving = None
             elif kind is RequestHead:
                 self._on_head(event)
+            elif event is HELD:
+                # More requests follow in bytes the parser holds: they are
+                # parsed once these are served (see _resume_reading).
+                self._pause_reading()
             else:
                 self._on_error(event)
 
@@ -586,7 +590,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _release_drain(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
-        release(waiters)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _pause_reading(self) -> None:
         if not self.read_paused and not self.gone:
@@ -607,9 +613,25 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         if self.read_paused and not self.gone:
+            if self.parser.held:
+                # Requests the parser held back (pipelined, see
+                # MessageReader.batch) come first: the socket is read again
+                # only once they are all parsed. From the loop, never from
+                # inside _next().
+                self.loop.call_soon(self._feed_held)
+                return
             self.read_paused = False
             assert self.transport is not None
             self.transport.resume_reading()
+
+    def _feed_held(self) -> None:
+        """Parse the next requests the parser held back, if the queue has room; read again after the last."""
+        if self.gone or self.lingering or not self.parser.held or len(self.queue) >= MAX_PIPELINE \
+                or self.write_paused:
+            return  # _next() and resume_writing() come back here through _maybe_resume()
+        self.data_received(b"")
+        if not self.parser.held:
+            self._maybe_resume(LOW_WATER)
 
     # -- deadlines --------------------------------------------------------------
 

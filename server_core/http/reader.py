@@ -14,7 +14,7 @@ and :meth:`_parse_body`.
 from __future__ import annotations
 
 from server_core.http.chunked import ChunkScanner
-from server_core.http.events import END_OF_MESSAGE, Body, Event, ParseError
+from server_core.http.events import END_OF_MESSAGE, HELD, Body, Event, ParseError
 from server_core.http.head import (
     HeadLimits,
     HeadScanner,
@@ -38,6 +38,12 @@ class LibraryError(Exception):
 
 class MessageReader:
     """Feeds one request at a time to a parser library; emits neutral events."""
+
+    # Events one feed() returns at most while whole requests keep following:
+    # the rest of the bytes wait in ``held`` (see Held). A client pipelining
+    # tiny requests would otherwise turn one 256 KiB read into thousands of
+    # requests in memory at once (some 12 MB).
+    batch = 32
 
     # True when a Content-Length body goes straight into Body events, never
     # through the library (which must then start afresh after that message).
@@ -67,6 +73,9 @@ class MessageReader:
         # True while part of a request head has arrived but not all of it
         # (set by feed() and eof(); an attribute, as it is read per request).
         self.head_started = False
+        # Bytes not parsed yet after a feed() that returned ``batch`` events
+        # (ending with HELD); the next feed() starts with them.
+        self.held = b""
 
     # -- what the protocol uses ---------------------------------------------
 
@@ -93,6 +102,8 @@ class MessageReader:
     def feed(self, data: bytes) -> list[Event]:
         """Parse ``data``; return the events it completes (possibly several requests)."""
         events: list[Event] = []
+        if self.held:
+            data, self.held = self.held + data, b""
         try:
             while data:
                 state = self._state
@@ -104,6 +115,10 @@ class MessageReader:
                             end, split = fast
                             head, data = (data, b"") if end == len(data) else (data[:end], data[end:])
                             self._on_head(head, split, events)
+                            if data and len(events) >= self.batch and self._state == _HEAD:
+                                self.held = data
+                                events.append(HELD)
+                                break
                             continue
                         scanner = self._scanner = HeadScanner(self.limits)
                     found = scanner.feed(data)
@@ -112,6 +127,10 @@ class MessageReader:
                     head, data = found
                     self._scanner = None
                     self._on_head(head, check_head(head), events)
+                    if data and len(events) >= self.batch and self._state == _HEAD:
+                        self.held = data
+                        events.append(HELD)
+                        break
                 elif state == _BODY:
                     data = self._on_body(data, events)
                 elif state == _UPGRADED:
@@ -130,15 +149,22 @@ class MessageReader:
         return events
 
     def eof(self) -> list[Event]:
-        """The peer closed its sending side: a message cut short is an error."""
+        """The peer closed its sending side: a message cut short is an error.
+
+        Held bytes are parsed first, all of them (nothing more will come).
+        """
+        events: list[Event] = []
+        if self.held:
+            self.batch = 1 << 62
+            events = self.feed(b"")
         state = self._state
         self._state = _CLOSED
         self.head_started = False
         if state == _BODY:
-            return [ParseError(400, "request body truncated")]
-        if state == _HEAD and self._scanner is not None and self._scanner.started:
-            return [ParseError(400, "request head truncated")]
-        return []
+            events.append(ParseError(400, "request body truncated"))
+        elif state == _HEAD and self._scanner is not None and self._scanner.started:
+            events.append(ParseError(400, "request head truncated"))
+        return events
 
     # -- the message state machine ------------------------------------------
 
