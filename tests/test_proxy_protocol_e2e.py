@@ -4,7 +4,11 @@ Every malformed header shape closes its connection without one byte of
 response, and the same worker goes on serving the next good connection, whose
 client is the one the header names. The head timeout is exercised in-process
 on the real gate with a short ``timeout_request_head`` (the option's default
-is 10 s).
+is 10 s), and so is TLS after the header at every cut of the bytes.
+
+Every blocking socket here waits at most ``TIMEOUT`` for the server: a server
+that stalls fails the test at once, naming what it waited for, instead of
+hanging it until pytest-timeout.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import ipaddress
 import json
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -24,8 +29,9 @@ from server_core.proxy_gate import gated
 from server_core.proxy_protocol import V2_SIGNATURE
 from server_core.settings import ServerSettings
 from server_core.state import ServerState
-from tests.support import Corral, wait_until, worker_pids
+from tests.support import FACTOR, Corral, wait_until, worker_pids
 
+TIMEOUT = 5 * FACTOR  # the longest any socket of this file waits for the server
 REQUEST = b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n"
 V1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 4711 443\r\n"
 
@@ -60,6 +66,14 @@ MALFORMED = {
 }
 
 
+def receive(sock: socket.socket, what: str) -> bytes:
+    """One ``recv()``; a server silent for ``TIMEOUT`` fails the test, naming ``what`` it was waiting for."""
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        raise AssertionError(f"nothing from the server within {TIMEOUT:g}s while waiting for {what}") from None
+
+
 def talk(connect: Callable[[], socket.socket], *pieces: bytes, pause: float = 0.0, eof: bool = False) -> bytes:
     """Send ``pieces`` (``pause`` seconds apart); everything received until the server closes."""
     sock = connect()
@@ -76,7 +90,7 @@ def talk(connect: Callable[[], socket.socket], *pieces: bytes, pause: float = 0.
             pass  # closed while we were still sending: the refusal itself
         while True:
             try:
-                chunk = sock.recv(65536)
+                chunk = receive(sock, "the answer or the close")
             except ConnectionResetError:
                 break
             if not chunk:
@@ -95,7 +109,7 @@ def report(data: bytes) -> dict:
 
 def tcp(server: Corral, source: str | None = None) -> Callable[[], socket.socket]:
     def connect() -> socket.socket:
-        sock = socket.create_connection((server.host, server.port), timeout=10,
+        sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT,
                                         source_address=(source, 0) if source else None)
         return sock
     return connect
@@ -104,7 +118,7 @@ def tcp(server: Corral, source: str | None = None) -> Callable[[], socket.socket
 def unix(path: Path) -> Callable[[], socket.socket]:
     def connect() -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(10)
+        sock.settimeout(TIMEOUT)
         sock.connect(str(path))
         return sock
     return connect
@@ -214,8 +228,6 @@ def test_without_the_option_a_header_is_not_http(corral: Callable[..., Corral]) 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_tls_starts_after_the_header(tmp_path: Path, corral: Callable[..., Corral], loop: str) -> None:
     """With --ssl-certfile the header comes first, in clear, then the TLS handshake (HAProxy in TCP mode)."""
-    import ssl
-
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -243,32 +255,19 @@ def test_tls_starts_after_the_header(tmp_path: Path, corral: Callable[..., Corra
                         break
                     except ssl.SSLWantReadError:
                         raw.sendall(outgoing.read())
-                        data = raw.recv(65536)
-                        assert data, "closed during the handshake"
+                        data = receive(raw, "the server's handshake")
+                        assert data, "the server closed the connection during the handshake"
                         incoming.write(data)
-                raw.sendall(outgoing.read())
+                # The client's Finished and the request in one write: TLS hands the
+                # request to HTTP in the read that completes the handshake.
                 tls.write(CLOSE)
                 raw.sendall(outgoing.read())
-                answer = b""
-                while True:
-                    try:
-                        chunk = tls.read(65536)
-                        if not chunk:
-                            break
-                        answer += chunk
-                    except ssl.SSLWantReadError:
-                        data = raw.recv(65536)
-                        if not data:
-                            break
-                        incoming.write(data)
-                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                        break
-                return report(answer)
+                return report(tls_answer(tls, incoming, raw))
             raw.sendall(header)
             with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
                 sock.sendall(CLOSE)
                 answer = b""
-                while chunk := sock.recv(65536):
+                while chunk := receive(sock, "the response"):
                     answer += chunk
                 return report(answer)
         finally:
@@ -278,13 +277,38 @@ def test_tls_starts_after_the_header(tmp_path: Path, corral: Callable[..., Corra
     assert found["client"] == ["203.0.113.7", 4711] and found["scheme"] == "https"
     assert over_tls(V2_IPV6, split=True)["client"] == ["2001:db8::7", 4713]
     assert over_tls(v2(command=0x0, family=0x00, payload=b""))["client"][0] == "127.0.0.1"
-    # No header: the ClientHello is refused as a header, unanswered.
+    # No header: the ClientHello is refused as a header, unanswered. (Not a
+    # timeout: a server that said nothing and kept the connection open fails.)
     raw = tcp(server)()
     try:
-        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
             context.wrap_socket(raw, server_hostname="127.0.0.1")
     finally:
         raw.close()
+
+
+def tls_answer(tls: ssl.SSLObject, incoming: ssl.MemoryBIO, raw: socket.socket) -> bytes:
+    """Everything ``tls`` reads until the server's close_notify (or the connection's end).
+
+    After a close_notify ``SSLObject.read()`` returns ``b""`` on every call
+    instead of raising: a loop that only stops on an exception spins forever
+    there (what hung this test until pytest-timeout once).
+    """
+    answer = b""
+    while True:
+        try:
+            chunk = tls.read(65536)
+        except ssl.SSLWantReadError:
+            data = receive(raw, "the response")
+            if not data:
+                return answer  # closed without a close_notify
+            incoming.write(data)
+            continue
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return answer
+        if not chunk:
+            return answer  # the close_notify
+        answer += chunk
 
 
 # -- the head timeout, in-process on the real gate -----------------------------------
@@ -309,20 +333,20 @@ def test_a_header_that_does_not_arrive_in_time_is_dropped() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(V1[:10])
             began = time.monotonic()
-            slow = await asyncio.wait_for(reader.read(), 5)
+            slow = await asyncio.wait_for(reader.read(), TIMEOUT)
             waited = time.monotonic() - began
             writer.close()
             tracked = len(state.connections) + len(made)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(V1)
-            fast = await asyncio.wait_for(reader.read(), 5)
+            fast = await asyncio.wait_for(reader.read(), TIMEOUT)
             writer.close()
             return slow, waited, fast, tracked
         finally:
             server.close()
 
     slow, waited, fast, counts = asyncio.run(scenario())
-    assert slow == b"" and 0.25 <= waited < 3, waited
+    assert slow == b"" and 0.25 <= waited < 3 * FACTOR, waited
     assert fast == b"peer 203.0.113.7 4711"
     assert counts == 0  # the refused gate left state.connections; no protocol was made for it
 
@@ -338,7 +362,7 @@ def test_a_full_stop_closes_gates_that_received_nothing() -> None:
             waiting = len(state.connections)
             for conn in list(state.connections):
                 conn.shutdown(False)
-            got = await asyncio.wait_for(reader.read(), 5)
+            got = await asyncio.wait_for(reader.read(), TIMEOUT)
             writer.close()
             return got, waiting
         finally:
@@ -346,6 +370,103 @@ def test_a_full_stop_closes_gates_that_received_nothing() -> None:
 
     got, waiting = asyncio.run(scenario())
     assert waiting == 1 and got == b""
+
+
+# Every cut of the header and the ClientHello into reads: the gate hands over to
+# TLS in the middle of any of them, and no byte reaches the wrong protocol or is lost.
+SPLITS: dict[str, Callable[[bytes, bytes], list[bytes]]] = {
+    "one read": lambda header, hello: [header + hello],
+    "the header alone": lambda header, hello: [header, hello],
+    "the header cut, its end with the hello's first byte": lambda header, hello: [
+        header[:7], header[7:] + hello[:1], hello[1:]],
+    "the hello in 64-byte reads": lambda header, hello: [header] + [hello[i:i + 64] for i in range(0, len(hello), 64)],
+}
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_after_the_header_at_every_cut_of_the_reads(loop: str, split: str) -> None:
+    """In-process, on the real gate: each piece is its own read (the client waits between them)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    class Answer(asyncio.Protocol):
+        """Answers the first line with the peer it sees, then closes."""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+            self.transport, self.got = transport, b""
+
+        def data_received(self, data: bytes) -> None:
+            self.got += data
+            if self.got.endswith(b"\n"):
+                host, port = self.transport.get_extra_info("peername")[:2]
+                self.transport.write(self.got.strip() + f" from {host} {port}".encode())  # type: ignore[attr-defined]
+                self.transport.close()
+
+    async def scenario() -> bytes:
+        state = ServerState(settings=ServerSettings(app=None, proxy_protocol=True), app=None)
+        server = await asyncio.get_running_loop().create_server(gated(state, Answer, server_tls), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def from_server(what: str) -> bytes:
+            try:
+                return await asyncio.wait_for(reader.read(65536), TIMEOUT)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"nothing from the server within {TIMEOUT:g}s while waiting for {what}") from None
+
+        try:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = client_tls.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            for piece in SPLITS[split](V2_IPV6, outgoing.read()):
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.01)  # the gate reads it before the next piece is sent
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    data = await from_server("the handshake")
+                    assert data, "the server closed the connection during the handshake"
+                    incoming.write(data)
+            tls.write(b"ping\n")
+            writer.write(outgoing.read())  # the client's Finished and the data in one read
+            answer = b""
+            while True:
+                try:
+                    chunk = tls.read(65536)
+                except ssl.SSLWantReadError:
+                    data = await from_server("the answer")
+                    if not data:
+                        return answer
+                    incoming.write(data)
+                    continue
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return answer
+                if not chunk:
+                    return answer  # the close_notify
+                answer += chunk
+        finally:
+            writer.close()
+            server.close()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        event_loop = uvloop.new_event_loop()
+    else:
+        event_loop = asyncio.new_event_loop()
+    try:
+        answer = event_loop.run_until_complete(scenario())
+    finally:
+        event_loop.close()
+    assert answer == b"ping from 2001:db8::7 4713"
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -364,7 +485,7 @@ def test_a_websocket_behind_the_header_has_the_headers_client(corral: Callable[.
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         answer = b""
         while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(4096)
+            chunk = receive(sock, "the 101 answer")
             assert chunk, answer
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 101 "), answer
@@ -372,7 +493,9 @@ def test_a_websocket_behind_the_header_has_the_headers_client(corral: Callable[.
         sock.sendall(b"\x81\x82" + b"\x01\x02\x03\x04" + bytes(c ^ k for c, k in zip(b"hi", b"\x01\x02", strict=True)))
         echo = answer.partition(b"\r\n\r\n")[2]
         while len(echo) < 4:
-            echo += sock.recv(4096)
+            chunk = receive(sock, "the echoed frame")
+            assert chunk, f"closed before the echo: {echo!r}"
+            echo += chunk
         assert echo[:4] == b"\x81\x02hi"
     finally:
         sock.close()
@@ -403,7 +526,7 @@ def test_http2_prior_knowledge_behind_the_gate(corral: Callable[..., Corral]) ->
         sock.sendall(V1 + conn.data_to_send())
         body, ended = b"", False
         while not ended:
-            data = sock.recv(65536)
+            data = receive(sock, "the HTTP/2 response")
             assert data, "closed before the response ended"
             for event in conn.receive_data(data):
                 if isinstance(event, events.DataReceived):
@@ -433,7 +556,7 @@ def test_gunicorn_worker_reads_the_header(tmp_path: Path) -> None:
         host, port = sock.getsockname()[:2]
 
         def connect() -> socket.socket:
-            return socket.create_connection((host, port), timeout=10)
+            return socket.create_connection((host, port), timeout=TIMEOUT)
 
         def served() -> dict | None:
             try:
@@ -443,7 +566,7 @@ def test_gunicorn_worker_reads_the_header(tmp_path: Path) -> None:
 
         assert wait_until(served, 30, "gunicorn serving", alive=proc.dead)["client"] == ["2001:db8::7", 4713]
         assert talk(connect, CLOSE) == b""
-        assert talk(lambda: socket.create_connection((host, port), timeout=10, source_address=("127.0.0.2", 0)),
+        assert talk(lambda: socket.create_connection((host, port), timeout=TIMEOUT, source_address=("127.0.0.2", 0)),
                     V1 + CLOSE) == b""
     finally:
         proc.kill()
