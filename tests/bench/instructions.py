@@ -1,7 +1,8 @@
 """Instructions per request of the HTTP hot path, counted by valgrind: an A/B figure without noise.
 
     python -m tests.bench.instructions [--scenario hello,headers,echo,json,h2] [--access-log]
-                                       [--requests 20000] [--connections 8] [--timing]
+                                       [--http httptools|h11|zttp] [--requests 20000]
+                                       [--connections 8] [--timing]
 
 The wrk benchmark measures the whole server, kernel included, and single runs move by a few
 per cent with the machine; a change to the hot path worth 1 % disappears in that. This driver
@@ -110,7 +111,7 @@ class CountingTransport:
         return False
 
 
-async def drive(scenario: str, requests: int, connections: int, access_log: bool) -> float:
+async def drive(scenario: str, requests: int, connections: int, access_log: bool, http: str = "httptools") -> float:
     """Serve ``requests`` requests in-process; return CPU µs per request (after a warm-up)."""
     from server_core.http.protocol import HTTPProtocol
     from server_core.logs import AccessLog
@@ -118,7 +119,7 @@ async def drive(scenario: str, requests: int, connections: int, access_log: bool
     from server_core.state import ServerState
 
     app, request = SCENARIOS[scenario]
-    settings = ServerSettings(app="bench", ws="none", access_log=access_log)
+    settings = ServerSettings(app="bench", ws="none", access_log=access_log, http=http)
     state = ServerState(settings=settings, app=app)
     state.default_headers = [(b"server", b"corral")]
     state.date_header = [(b"date", b"Thu, 01 Jan 2026 00:00:00 GMT")]
@@ -200,7 +201,7 @@ def _inner(args: argparse.Namespace) -> None:
     logs.configure(ServerSettings(app="bench", access_log=args.access_log,
                                   log_level="info" if args.access_log else "warning"))
     for scenario in args.scenario.split(","):
-        result = uvloop.run(drive(scenario, args.requests, args.connections, args.access_log))
+        result = uvloop.run(drive(scenario, args.requests, args.connections, args.access_log, args.http))
         print(f"{scenario}: {result:.2f} CPU µs/request", file=sys.__stdout__, flush=True)
 
 
@@ -211,7 +212,7 @@ def _count(scenario: str, requests: int, args: argparse.Namespace, valgrind: str
     with tempfile.NamedTemporaryFile("r", suffix=".valgrind") as log:
         command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log.name}",
                    sys.executable, "-m", "tests.bench.instructions", "--inner", "--scenario", scenario,
-                   "--requests", str(requests), "--connections", str(args.connections)]
+                   "--requests", str(requests), "--connections", str(args.connections), "--http", args.http]
         if args.access_log:
             command.append("--access-log")
         done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", default="hello,echo,json",
                         help="comma-separated: hello, headers, echo, json, h2 (hello over HTTP/2)")
     parser.add_argument("--access-log", action="store_true", help="with the access log on")
+    parser.add_argument("--http", choices=("httptools", "h11", "zttp"), default="httptools",
+                        help="the HTTP/1.1 parser (default httptools; the h2 scenario is zttp's HTTP/2 either way)")
     parser.add_argument("--requests", type=int, default=20000, help="N (the second run serves 2 N)")
     parser.add_argument("--connections", type=int, default=8, help="connections fed per loop pass")
     parser.add_argument("--timing", action="store_true", help="CPU time in this process instead of valgrind")
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind), or use --timing")
-    label = " with the access log" if args.access_log else ""
+    label = (" with the access log" if args.access_log else "") + (f" on {args.http}" if args.http != "httptools" else "")
     for scenario in args.scenario.split(","):
         first = _count(scenario, args.requests, args, valgrind)
         second = _count(scenario, 2 * args.requests, args, valgrind)
