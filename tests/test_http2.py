@@ -635,3 +635,32 @@ def test_stalled_body_after_the_response_head_resets_the_stream(serve, client) -
     assert stream["reset"] == h2.errors.ErrorCodes.CANCEL
     wait_until(lambda: seen, TIMEOUT, "http.disconnect in the app")
     assert not one.closed
+
+
+def test_a_long_lived_connection_is_sent_away_before_zttps_stream_limit(serve, client) -> None:
+    """zttp 0.0.35 kills a connection at its 4097th stream: corral says GOAWAY first, losing nothing."""
+    from server_core.http.h2 import MAX_CONNECTION_STREAMS
+
+    server = serve(http_apps.echo)
+    one = client(server.port)
+    while one.conn.highest_outbound_stream_id is None or \
+            one.conn.highest_outbound_stream_id < 2 * MAX_CONNECTION_STREAMS - 20:
+        for stream_id in [one.request("/", "POST", b"n") for _ in range(8)]:
+            assert one.response(stream_id)["body"] == b"n"
+    assert one.goaway() is None
+    # The last few, and some beyond the limit: the rest is read as raw
+    # frames (the h2 library refuses every frame after a GOAWAY).
+    last = [one.request("/", "POST", b"n") for _ in range(20)]
+    frames = read_frames_until_closed(one)
+    goaways = [frame for frame in frames if isinstance(frame, hyperframe.frame.GoAwayFrame)]
+    assert goaways and goaways[0].error_code == 0
+    limit = goaways[0].last_stream_id
+    assert limit == 2 * MAX_CONNECTION_STREAMS - 1
+    answered = {frame.stream_id for frame in frames if isinstance(frame, hyperframe.frame.DataFrame)}
+    assert answered == {sid for sid in last if sid <= limit}
+    # Streams above the GOAWAY's last id were not processed (RFC 9113 §6.8):
+    # the client retries them on a new connection.
+    assert not {frame.stream_id for frame in frames if frame.stream_id > limit and
+                isinstance(frame, (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame))}
+    other = client(server.port)
+    assert other.response(other.request("/", "POST", b"again"))["body"] == b"again"

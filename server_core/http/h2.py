@@ -53,6 +53,12 @@ MAX_STREAMS = 128
 # Refused or client-reset streams tolerated beyond the ones that were served,
 # before the connection is closed as abusive.
 ABUSE_ALLOWANCE = 2 * MAX_STREAMS
+# Streams one connection may open in all. zttp 0.0.35 treats the 4097th
+# stream of a connection as a flood and kills the connection with every
+# stream in flight; so after this many corral says GOAWAY (as nginx does
+# after http2_max_requests), leaving room for the MAX_STREAMS a client may
+# already have sent, and the client carries on over a new connection.
+MAX_CONNECTION_STREAMS = 4096 - 2 * MAX_STREAMS
 # Request body bytes buffered for the applications before reading stops, and
 # the level at which it resumes (as on HTTP/1.1).
 HIGH_WATER = 256 * 1024
@@ -203,7 +209,7 @@ class H2Protocol(asyncio.Protocol):
 
     def _on_request(self, event: zttp.Request) -> None:
         stream_id = event.stream_id
-        self.last_stream_id = max(self.last_stream_id, stream_id)
+        self.last_stream_id = stream_id  # client stream ids only increase (zttp checks)
         if self.closing or len(self.streams) >= MAX_STREAMS:
             # After our GOAWAY, or too many applications still running (reset
             # streams included): the client may retry this one elsewhere.
@@ -246,6 +252,10 @@ class H2Protocol(asyncio.Protocol):
             stream.body_complete = True
         self.streams[stream_id] = stream
         self._busy()
+        if stream_id >= 2 * MAX_CONNECTION_STREAMS - 1 and not self.closing:
+            # This connection's last stream (see MAX_CONNECTION_STREAMS): it
+            # is served, and GOAWAY sends the client to a new connection.
+            self.shutdown(True)
         concurrency = settings.limit_concurrency
         if concurrency is not None and len(state.tasks) >= concurrency:
             stream.status = 503
