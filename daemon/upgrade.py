@@ -12,7 +12,10 @@ supervisor keeps watching the right process, the PID file stays true, and
 the workers stay the master's children (``waitpid`` keeps working). After the
 upgrade the master still sends ``MAINPID=`` and ``READY=1`` (harmless).
 
-The steps, driven by the arbiter:
+The steps, driven by the arbiter, which the upgrader sees only through the
+:class:`Master` protocol (its state compared as a ``MasterState``, its
+listeners and live workers for the hand-off, its selector for the preflight,
+its recorded signals, ``READY=1``):
 
 1. **Preflight** (``daemon.upgrade_check``): a throw-away ``python -m
    daemon.upgrade --check ARGV`` builds the configuration as the CLI would,
@@ -42,6 +45,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -210,9 +214,11 @@ class Upgrader:
             return
         # Re-raised while blocked, each stays pending across execve and is
         # handled by the new image once it unblocks (or here, if exec fails).
+        # Sent to this thread, not the process: another thread (one a --preload
+        # app started, say) does not block them and would take them first.
         master.forget_recorded_signals()
         for sig in dict.fromkeys(recorded):
-            os.kill(os.getpid(), sig)
+            signal.pthread_kill(threading.get_ident(), sig)
         try:
             handoff = build_handoff(master, socket_activated=self.socket_activated)
             log.info(EVENT_EXEC, pid=os.getpid(), argv=" ".join(exec_argv()), workers=len(handoff.workers),

@@ -97,3 +97,13 @@ def test_listeners_are_prepared_in_one_module() -> None:
             rel = str(path.relative_to(ROOT))
             assert not [text for text in code_strings(rel) if text.startswith("fd://")], \
                 f"{rel} parses fd:// itself (use daemon.listeners.parse_fd)"
+
+
+def test_the_pool_knows_nothing_of_the_loop() -> None:
+    """daemon.pool is driven by daemon.arbiter (which holds one) and never imports it; the pool reaches
+    processes and the clock through daemon.system only."""
+    assert "daemon.arbiter" not in daemon_imports("daemon/pool.py")
+    assert "psutil" not in imports_of(ROOT / "daemon/pool.py")
+    source = (ROOT / "daemon/pool.py").read_text()
+    for call in ("os.fork(", "os.kill(", "os.waitpid(", "time.monotonic(", "psutil."):
+        assert call not in source, f"daemon/pool.py calls {call!r}: go through daemon.system.System"
