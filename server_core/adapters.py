@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from server_core.state import ClientDisconnected
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
@@ -95,8 +97,6 @@ def _summary(message: Any) -> dict[str, Any]:
     return out
 
 
-class ClientDisconnected(OSError):
-    """The client went away while a WSGI application was reading its body."""
 
 
 class WSGIAdapter:

@@ -46,6 +46,8 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
+from server_core.http.head import TOKEN
+
 Address = tuple[str, int]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -234,7 +236,7 @@ def _bare_host(hop: str) -> str:
 #   value          = token / quoted-string
 # One pair (or an empty one) and the separator after it; OWS is allowed around
 # the list's commas (RFC 9110 §5.6.1) and tolerated around ";".
-_TOKEN = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_TOKEN = TOKEN.decode("ascii")
 _QUOTED = r'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
 _PAIR_RE = re.compile(r"[ \t]*(?:(" + _TOKEN + r")=(" + _TOKEN + r"|" + _QUOTED + r"))?[ \t]*([;,]|$)")
 _UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)

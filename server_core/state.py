@@ -73,6 +73,14 @@ class ServerState:
     timed: bool = False
 
 
+class ClientDisconnected(OSError):
+    """The client went away: ``send()`` (HTTP and WebSocket) and a WSGI body read raise it then.
+
+    ASGI 2.4 asks for an ``OSError`` subclass; one class serves every
+    protocol, so an application can catch it once.
+    """
+
+
 @dataclass(slots=True)
 class RequestHead:
     """A parsed request line and headers, neutral between httptools and h11."""

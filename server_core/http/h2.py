@@ -41,9 +41,9 @@ from urllib.parse import unquote
 import zttp
 
 from server_core.http.response import server_headers
-from server_core.http.stream import CLOSED, DONE, ClientDisconnected, HTTPStream, http_scope, release
+from server_core.http.stream import CLOSED, DONE, HTTPStream, http_scope, release
 from server_core.proxy import ProxyTrust
-from server_core.state import RequestHead, ServerState
+from server_core.state import ClientDisconnected, RequestHead, ServerState
 
 logger = logging.getLogger("corral.error")
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
+from server_core.http.head import TOKEN
+
 # Body framing of a response.
 LENGTH = 0  # Content-Length given or computed: body bytes are written as they are
 CHUNKED = 1  # Transfer-Encoding: chunked
@@ -23,7 +25,7 @@ NO_BODY = 3  # HEAD, 1xx, 204, 304: no body bytes at all
 # RFC 9110 §5.1: field-name = token.  §5.5: a field value never contains
 # CR, LF or NUL; other controls (except HTAB) are refused as well, so an
 # application cannot split a response by accident or by injection.
-_NAME_RE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_NAME_RE = re.compile(TOKEN)
 _BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 

@@ -30,7 +30,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server_core.state import RequestHead
+from server_core.state import ClientDisconnected, RequestHead
 
 if TYPE_CHECKING:
     from server_core.state import ServerState
@@ -41,10 +41,6 @@ REQUEST, RESPONSE, DONE, CLOSED = range(4)
 STATE_NAMES = ("REQUEST", "RESPONSE", "DONE", "CLOSED")
 
 _DISCONNECT = {"type": "http.disconnect"}
-
-
-class ClientDisconnected(OSError):
-    """``send()`` after the client went away (ASGI spec 2.4 asks for an OSError)."""
 
 
 class Wire(Protocol):

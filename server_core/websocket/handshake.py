@@ -15,6 +15,7 @@ import http
 import re
 from collections.abc import Iterable
 
+from server_core.http.head import TOKEN
 from server_core.state import RequestHead
 from server_core.websocket.events import HandshakeError
 
@@ -38,7 +39,7 @@ def split_tokens(values: Iterable[bytes]) -> list[str]:
 
 
 # RFC 9110 5.6.2: token = 1*tchar
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = TOKEN
 _PARAM = rb"\s*;\s*" + _TOKEN + rb'(?:\s*=\s*(?:' + _TOKEN + rb'|"(?:[^"\\]|\\.)*"))?'
 # RFC 6455 9.1: extension = extension-token *( ";" extension-param )
 _EXTENSION = re.compile(rb"\s*" + _TOKEN + rb"(?:" + _PARAM + rb")*\s*")

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from server_core.state import RequestHead, ServerState
+from server_core.state import ClientDisconnected, RequestHead, ServerState
 from server_core.websocket import handshake
 from server_core.websocket.events import (
     ABNORMAL_CLOSURE,
@@ -59,9 +59,6 @@ CONNECTING, OPEN, CLOSING, RESPONDING, CLOSED = "connecting", "open", "closing",
 
 EngineFactory = Callable[..., Engine]
 
-
-class ClientDisconnected(OSError):
-    """Raised by ``send`` once the WebSocket is closed (ASGI 2.4: a subclass of IOError)."""
 
 
 class WebSocketSession(asyncio.Protocol):
