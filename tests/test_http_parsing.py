@@ -491,7 +491,7 @@ def test_head_size_limit_comes_from_the_settings() -> None:
 
 
 def test_pipelined_requests_are_parsed_a_batch_at_a_time(make) -> None:
-    """One read of many tiny pipelined requests gives at most MessageReader.batch events, then HELD.
+    """One read of many tiny pipelined requests gives at most reader.BATCH events, then HELD.
 
     The rest waits in the parser as bytes (a fraction of the memory of parsed
     requests) until the connection feeds b"" again; at EOF it is all parsed.

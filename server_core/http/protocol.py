@@ -615,7 +615,7 @@ class HTTPProtocol(asyncio.Protocol):
         if self.read_paused and not self.gone:
             if self.parser.held:
                 # Requests the parser held back (pipelined, see
-                # MessageReader.batch) come first: the socket is read again
+                # reader.BATCH) come first: the socket is read again
                 # only once they are all parsed. From the loop, never from
                 # inside _next().
                 self.loop.call_soon(self._feed_held)

@@ -29,6 +29,12 @@ from server_core.state import RequestHead
 
 _HEAD, _BODY, _UPGRADED, _CLOSED = range(4)
 
+# Events one feed() returns at most while whole requests keep following: the
+# rest of the bytes wait in ``MessageReader.held`` (see events.Held). A client
+# pipelining tiny requests would otherwise turn one 256 KiB read into
+# thousands of requests in memory at once (some 12 MB).
+BATCH = 32
+
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -38,12 +44,6 @@ class LibraryError(Exception):
 
 class MessageReader:
     """Feeds one request at a time to a parser library; emits neutral events."""
-
-    # Events one feed() returns at most while whole requests keep following:
-    # the rest of the bytes wait in ``held`` (see Held). A client pipelining
-    # tiny requests would otherwise turn one 256 KiB read into thousands of
-    # requests in memory at once (some 12 MB).
-    batch = 32
 
     # True when a Content-Length body goes straight into Body events, never
     # through the library (which must then start afresh after that message).
@@ -73,7 +73,7 @@ class MessageReader:
         # True while part of a request head has arrived but not all of it
         # (set by feed() and eof(); an attribute, as it is read per request).
         self.head_started = False
-        # Bytes not parsed yet after a feed() that returned ``batch`` events
+        # Bytes not parsed yet after a feed() that returned BATCH events
         # (ending with HELD); the next feed() starts with them.
         self.held = b""
 
@@ -115,7 +115,8 @@ class MessageReader:
                             end, split = fast
                             head, data = (data, b"") if end == len(data) else (data[:end], data[end:])
                             self._on_head(head, split, events)
-                            if data and len(events) >= self.batch and self._state == _HEAD:
+                            # (the state first: a body that follows its head skips the rest)
+                            if data and self._state == _HEAD and len(events) >= BATCH:
                                 self.held = data
                                 events.append(HELD)
                                 break
@@ -127,7 +128,7 @@ class MessageReader:
                     head, data = found
                     self._scanner = None
                     self._on_head(head, check_head(head), events)
-                    if data and len(events) >= self.batch and self._state == _HEAD:
+                    if data and self._state == _HEAD and len(events) >= BATCH:
                         self.held = data
                         events.append(HELD)
                         break
@@ -154,9 +155,10 @@ class MessageReader:
         Held bytes are parsed first, all of them (nothing more will come).
         """
         events: list[Event] = []
-        if self.held:
-            self.batch = 1 << 62
-            events = self.feed(b"")
+        while self.held:
+            events += self.feed(b"")
+            if events and events[-1] is HELD:
+                events.pop()
         state = self._state
         self._state = _CLOSED
         self.head_started = False
