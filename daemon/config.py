@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from daemon.listeners import fd_address, parse_fd
-from daemon.options import BY_NAME, OPTIONS, Option
+from daemon.options import BY_NAME, OPTIONS, Option, split_ips, worker_slice
 from server_core.settings import ServerSettings
 
 if sys.version_info >= (3, 11):
@@ -182,34 +182,8 @@ class Config:
         return self.sources.get(name, "default") != "default"
 
     def server_settings(self, limit_max_requests: int | None = None) -> ServerSettings:
-        """The slice a worker needs, with this worker's own request limit."""
-        v = self.values
-        return ServerSettings(
-            app=self.app, factory=v["factory"], app_dir=v["app-dir"], interface=v["interface"],
-            loop=v["loop"], http=v["http"], http2=v["http2"], metrics=bool(v["metrics-bind"]), ws=v["ws"], lifespan=v["lifespan"],
-            ws_max_size=v["ws-max-size"], ws_max_queue=v["ws-max-queue"],
-            ws_ping_interval=v["ws-ping-interval"] or None, ws_ping_timeout=v["ws-ping-timeout"] or None,
-            ws_per_message_deflate=v["ws-per-message-deflate"], root_path=v["root-path"],
-            proxy_headers=v["proxy-headers"], forwarded_allow_ips=_split_ips(v["forwarded-allow-ips"]),
-            proxy_protocol=v["proxy-protocol"],
-            server_header=v["server-header"], date_header=v["date-header"],
-            headers=tuple(_split_header(h) for h in v["header"]),
-            limit_concurrency=v["limit-concurrency"], backlog=v["backlog"], limit_max_requests=limit_max_requests,
-            timeout_keep_alive=v["timeout-keep-alive"], timeout_graceful_shutdown=v["timeout-graceful-shutdown"],
-            limit_request_line=v["limit-request-line"], limit_request_fields=v["limit-request-fields"],
-            limit_request_field_size=v["limit-request-field-size"],
-            limit_request_head_size=v["limit-request-head-size"],
-            timeout_request_body=v["timeout-request-body"],
-            h11_max_incomplete_event_size=v["h11-max-incomplete-event-size"],
-            reset_contextvars=v["reset-contextvars"],
-            ssl_keyfile=v["ssl-keyfile"], ssl_certfile=v["ssl-certfile"],
-            ssl_keyfile_password=v["ssl-keyfile-password"], ssl_version=v["ssl-version"],
-            ssl_cert_reqs=v["ssl-cert-reqs"], ssl_ca_certs=v["ssl-ca-certs"], ssl_ciphers=v["ssl-ciphers"],
-            timeout_tls_handshake=v["timeout-tls-handshake"],
-            log_level=v["log-level"], log_config=v["log-config"], log_format=v["log-format"],
-            use_colors=v["use-colors"], access_log=v["access-log"],
-            timeout_worker_healthcheck=v["timeout-worker-healthcheck"],
-        )
+        """The slice a worker needs (the WORKER rows of the table), with this worker's own request limit."""
+        return ServerSettings(app=self.app, limit_max_requests=limit_max_requests, **worker_slice(self.values))
 
 
 def read_env_file(path: str | None) -> dict[str, str]:
@@ -241,15 +215,6 @@ def apply_env_file(config: Config) -> None:
     from the file disappears from the workers started after the next HUP.
     """
     os.environ.update(env_overlay(config))
-
-
-def _split_ips(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def _split_header(text: str) -> tuple[str, str]:
-    name, _, value = text.partition(":")
-    return name.strip(), value.strip()
 
 
 def build_config(command_line: Mapping[str, Any], env: Mapping[str, str] | None = None,
@@ -394,7 +359,7 @@ def _check(values: dict[str, Any], sources: Mapping[str, str], app: Any) -> None
         problem = _header_problem(name.strip(), value)
         if problem:
             raise ConfigError(f"{_origin('header', sources)}: invalid header {header!r}: {problem}")
-    for item in _split_ips(values["forwarded-allow-ips"]):
+    for item in split_ips(values["forwarded-allow-ips"]):
         if item == "*":
             continue
         try:

@@ -4,6 +4,12 @@ The master builds it once from its own configuration (``daemon.config``) and
 passes it to :func:`server_core.worker.serve`; the gunicorn worker classes build
 it from gunicorn's settings plus ``CONFIG_KWARGS``. Everything here already has
 its final type: choices are resolved names, sizes are ints, headers are pairs.
+
+Each field fed by an option has that option's default from corral's option
+table (``daemon/options.py``, uvicorn 0.54's defaults), after the table's
+conversion to the worker (``"127.0.0.1,::1"`` becomes a tuple). They are
+repeated here so that a worker never imports ``daemon``;
+``tests/test_option_defaults.py`` proves they agree.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ class ServerSettings:
     ssl_version: int = int(ssl.PROTOCOL_TLS_SERVER)
     ssl_cert_reqs: int = int(ssl.CERT_NONE)
     ssl_ca_certs: str | None = None
-    ssl_ciphers: str | None = None
+    ssl_ciphers: str | None = "TLSv1"  # uvicorn's default; None sets no cipher list
     # A connection whose TLS handshake is not done within this many seconds is
     # dropped (asyncio's own default is 60).
     timeout_tls_handshake: float = 10.0

@@ -99,8 +99,9 @@ class CorralWorker(Worker):
             "proxy_protocol_allow_ips": _as_tuple(getattr(cfg, "proxy_allow_ips", None) or "127.0.0.1,::1"),
             # gunicorn already applied max_requests_jitter to self.max_requests.
             "limit_max_requests": self.max_requests if cfg.max_requests > 0 else None,
-            # Beat several times per gunicorn --timeout (0 disables its check).
-            "timeout_worker_healthcheck": float(cfg.timeout) if cfg.timeout > 0 else 30.0,
+            # Beat several times per gunicorn --timeout (0 disables its check: corral's default then).
+            "timeout_worker_healthcheck": (float(cfg.timeout) if cfg.timeout > 0
+                                           else ServerSettings.timeout_worker_healthcheck),
             "access_log": cfg.accesslog is not None,
             "backlog": cfg.backlog,
         }
@@ -112,9 +113,10 @@ class CorralWorker(Worker):
                 "ssl_version": options.get("ssl_version"),
                 "ssl_cert_reqs": options.get("cert_reqs"),
                 "ssl_ca_certs": options.get("ca_certs"),
-                "ssl_ciphers": options.get("ciphers"),
             })
             kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        # gunicorn's --ciphers, None by default: OpenSSL's own list, not corral's "TLSv1" (as uvicorn's worker).
+        kwargs["ssl_ciphers"] = cfg.ssl_options.get("ciphers")
         if not (cfg.limit_request_line and cfg.limit_request_fields and cfg.limit_request_field_size):
             # gunicorn has no total head limit, and 0 turns one of its limits
             # off: corral's own (--limit-request-head-size) must not cap it then.
