@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -35,6 +35,9 @@ from daemon.pool import MEMORY_INTERVAL, Notifier, NullNotifier, Pool, say
 from daemon.system import System
 from daemon.workers import Reason, State, WorkerRecord, counts, oldest_serving, scale
 from server_core.control import EXIT_APP_FAILED, WORKER_SIGNALS
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 __all__ = ["COMMANDS", "Arbiter", "CannotStart", "Notifier", "NullNotifier", "Watched", "run_master"]
 
@@ -72,7 +75,7 @@ class Arbiter:
     """The master: the loop that drives a :class:`~daemon.pool.Pool` (``self.pool``) from signals,
     worker pipes, watched sources and deadlines. Create, then :meth:`run` once."""
 
-    def __init__(self, config: Any, listeners: list[Listener], *, notify: Notifier | None = None,
+    def __init__(self, config: Config, listeners: list[Listener], *, notify: Notifier | None = None,
                  app: Any = None, upgrade: Callable[[Arbiter], None] | None = None,
                  on_roll_end: Callable[[bool, str], None] | None = None, system: System | None = None) -> None:
         # The master's one wait: signals, the workers' pipes (the pool registers them), watched sources.
@@ -302,7 +305,7 @@ class Arbiter:
         action.generation = self.pool.generation
         return action
 
-    def _reconfigure_logs(self, config: Any) -> None:
+    def _reconfigure_logs(self, config: Config) -> None:
         try:
             from server_core import logs
 
@@ -433,7 +436,7 @@ class Arbiter:
                 record.last_heartbeat = max(record.last_heartbeat, now)
 
 
-def open_sidecars(arbiter: Arbiter, config: Any) -> list[Any]:
+def open_sidecars(arbiter: Arbiter, config: Config) -> list[Any]:
     """The control socket and the metrics listener, if asked for, served from the arbiter's loop."""
     opened: list[Any] = []
     try:
@@ -492,7 +495,7 @@ class CannotStart(Exception):
         self.line = line  # printed on stderr as it is; None when it was already logged
 
 
-def run_master(config: Any, *, notify: Notifier | None = None) -> int:
+def run_master(config: Config, *, notify: Notifier | None = None) -> int:
     """Open the listeners, fork the workers and supervise them until stopped; the exit status.
 
     Also the second half of a USR2 upgrade: a re-executed master finds the
@@ -564,13 +567,13 @@ def run_master(config: Any, *, notify: Notifier | None = None) -> int:
         for sidecar in sidecars:
             sidecar.close()
         close_listeners(listeners)
-        if pid_written:
+        if pid_written and config.pid:
             pidfile.remove(config.pid)
         if started:
             log.info("master_stopped", pid=os.getpid())
 
 
-def preload(config: Any) -> Any:
+def preload(config: Config) -> Any:
     """``--preload``: the app imported in the master (forked workers share it); :class:`CannotStart` (3) if not."""
     from daemon.config import env_overlay
     from server_core.importer import AppLoadError, load

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.listeners import fd_address, parse_fd
+from daemon.option_types import OptionAttributes
 from daemon.options import BY_NAME, OPTIONS, Option, split_ips, worker_slice
 from server_core.settings import ServerSettings
 
@@ -155,8 +156,13 @@ def read_environment(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
 
 
 @dataclass(frozen=True)
-class Config:
-    """The whole configuration of one corral master; attributes are option names with underscores."""
+class Config(OptionAttributes):
+    """The whole configuration of one corral master; attributes are option names with underscores.
+
+    Their types are declared by :class:`daemon.option_types.OptionAttributes`
+    (generated from the table), so mypy knows ``config.timeout_keep_alive`` is an
+    int and refuses a misspelt option; at run time they are read from ``values``.
+    """
 
     app: Any
     values: Mapping[str, Any]
@@ -171,11 +177,12 @@ class Config:
     # at every HUP): layered under the real environment in each new worker.
     env_values: Mapping[str, str] = field(default_factory=dict)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["values"][name.replace("_", "-")]
-        except KeyError:
-            raise AttributeError(name) from None
+    if not TYPE_CHECKING:  # mypy sees the declared attributes only, so a misspelt one is an error
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return self.__dict__["values"][name.replace("_", "-")]
+            except KeyError:
+                raise AttributeError(name) from None
 
     def explicit(self, name: str) -> bool:
         """True when the option was set anywhere but the defaults."""

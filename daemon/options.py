@@ -248,3 +248,40 @@ def _same(value: Any) -> Any:
 
 # `--version` and `--help` are actions, not settings; `app` is the positional argument.
 ACTIONS = ("version", "help")
+
+
+# What build_config always fills in, whatever the layers left (None is never seen).
+FILLED = frozenset({"workers", "log-level"})
+
+_PYTHON_TYPES = {"str": "str", "path": "str", "int": "int", "float": "float", "bool": "bool", "flag": "bool",
+                 "toggle": "bool", "choice": "str", "multi": "tuple[str, ...]", "octal": "int"}
+
+
+def python_type(opt: Option) -> str:
+    """The type of ``Config.<attr>`` for this row: by kind, optional when the default is None."""
+    base = _PYTHON_TYPES[opt.kind]
+    return f"{base} | None" if opt.default is None and opt.name not in FILLED else base
+
+
+def render_attributes() -> str:
+    """The text of ``daemon/option_types.py``: every option as a typed attribute, for mypy."""
+    lines = [
+        '"""Every option as a typed attribute of :class:`daemon.config.Config`, for mypy.',
+        "",
+        "Generated from the table in ``daemon/options.py`` by ``python -m daemon.options``: do not edit",
+        "(``tests/test_option_defaults.py`` fails while it is out of date).",
+        '"""',
+        "",
+        "",
+        "class OptionAttributes:",
+        '    """``config.<option>`` (underscores), answered from ``config.values`` at run time."""',
+        "",
+    ]
+    lines += [f"    {opt.attr}: {python_type(opt)}" for opt in OPTIONS]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates daemon/option_types.py
+    import pathlib
+
+    pathlib.Path(__file__).with_name("option_types.py").write_text(render_attributes())

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import structlog
 
 from daemon.actions import INTERRUPTED, Actions
-from daemon.config import env_overlay
+from daemon.config import Config, env_overlay
 from daemon.listeners import Listener
 from daemon.master_state import MasterState
 from daemon.master_state import transition as master_transition
@@ -126,7 +126,7 @@ class Roll:
 
     generation: int
     reason: str  # hup, upgrade
-    previous_config: Any
+    previous_config: Config
     previous_floor: int
     previous_generation: int
 
@@ -145,7 +145,7 @@ def say(line: str) -> None:
 class Pool:
     """The master's workers, its mode, and the operations on them; ``daemon.arbiter.Arbiter`` drives it."""
 
-    def __init__(self, config: Any, listeners: list[Listener], *, notify: Notifier | None = None,
+    def __init__(self, config: Config, listeners: list[Listener], *, notify: Notifier | None = None,
                  app: Any = None, on_roll_end: Callable[[bool, str], None] | None = None,
                  system: System | None = None, extra_fds: Callable[[], Iterable[int]] | None = None,
                  selector: selectors.DefaultSelector | None = None) -> None:
@@ -440,6 +440,8 @@ class Pool:
                 self._sample_memory()
 
     def _sample_memory(self) -> None:
+        if self.config.limit_worker_memory is None:  # sampled only with a limit
+            return
         limit = int(self.config.limit_worker_memory) * 1024 * 1024
         for record in self.records.values():
             if record.state is not State.READY or record.replace_reason is not None:
@@ -493,7 +495,7 @@ class Pool:
             callback, self.on_roll_end = self.on_roll_end, None
             callback(ok, error)
 
-    def start_roll(self, config: Any, reason: str) -> None:
+    def start_roll(self, config: Config, reason: str) -> None:
         """Replace every worker by one of a new generation running ``config``, readiness-gated."""
         if self.roll is not None:
             # A new roll supersedes the running one; its new workers stay current.

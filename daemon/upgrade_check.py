@@ -21,9 +21,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon.handoff import HANDOFF_VAR
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 CHECK_PREFIX = "corral upgrade check: "
 # Seconds a check that closed its output gets to exit before it is killed.
@@ -44,7 +47,7 @@ def _check_env() -> dict[str, str]:
 
 
 
-def config_argv(config: Any) -> list[str]:
+def config_argv(config: Config) -> list[str]:
     """A CLI argument list that rebuilds ``config`` (``daemon.config.Config``) from its command line.
 
     Used for the preflight whatever started the master (``corral``, ``python
@@ -204,7 +207,7 @@ def start_preflight(argv: Sequence[str], *, cwd: str | None = None) -> subproces
     )
 
 
-def parse_cli_config(argv: Sequence[str]) -> Any:
+def parse_cli_config(argv: Sequence[str]) -> Config:
     """Build the ``Config`` the ``corral`` CLI would build from ``argv``.
 
     Uses ``daemon.cli.parse_config`` when the lead has added it, else parses

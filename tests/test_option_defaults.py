@@ -25,6 +25,7 @@ from daemon.options import MASTER, OPTIONS, PER_WORKER, TO_WORKER, WORKER, WORKE
 from server_core.settings import ServerSettings
 
 APP = "tests.apps.rt_app:app"
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = {opt.name: opt.default for opt in OPTIONS}
 
 # What build_config fills in after the layers: the implementations "auto"
@@ -53,8 +54,12 @@ EXPECTED = {name: value for name, value in DEFAULTS.items() if name not in RESOL
 
 
 def test_every_row_is_for_one_process() -> None:
+    from tests.test_option_table import MASTER_OPTIONS
+
     assert {opt.process for opt in OPTIONS} == {WORKER, MASTER}
     assert set(TO_WORKER) | PER_WORKER <= {opt.name for opt in WORKER_OPTIONS}
+    # A master-only row is read by the master (test_option_table names where).
+    assert {opt.name for opt in OPTIONS if opt.process == MASTER} <= set(MASTER_OPTIONS)
 
 
 def test_no_environment_gives_the_table_defaults() -> None:
@@ -141,3 +146,16 @@ def test_a_default_gunicorn_gives_the_table_defaults_but_its_own() -> None:
     expected = {**dataclasses.asdict(ServerSettings()), **GUNICORN_OWN}
     for name, value in dataclasses.asdict(settings).items():
         assert value == expected[name], f"gunicorn worker: {name} = {value!r}, expected {expected[name]!r}"
+
+
+def test_config_declares_every_option_with_its_type() -> None:
+    """daemon/option_types.py is generated from the table (``python -m daemon.options`` rewrites it)."""
+    from daemon.option_types import OptionAttributes
+    from daemon.options import render_attributes
+
+    assert (ROOT / "daemon" / "option_types.py").read_text() == render_attributes(), \
+        "daemon/option_types.py is out of date: run `python -m daemon.options`"
+    assert list(OptionAttributes.__annotations__) == [opt.attr for opt in OPTIONS]
+    config = build_config({}, {}, app=APP)
+    for opt in OPTIONS:
+        assert getattr(config, opt.attr) == config.values[opt.name]
