@@ -21,7 +21,7 @@ from server_core.http import H2_PREFACE, make_parser
 from server_core.http import response as resp
 from server_core.http.events import HELD, Body, EndOfMessage, ParseError
 from server_core.http.response import ServerHeaders, server_headers, simple_response
-from server_core.http.stream import CLOSED, DONE, HTTPStream, http_scope
+from server_core.http.stream import CLOSED, DONE, HTTPStream, http_scope, release
 from server_core.proxy import ProxyTrust
 from server_core.state import RequestHead, ServerState
 
@@ -590,9 +590,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _release_drain(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        release(waiters)
 
     def _pause_reading(self) -> None:
         if not self.read_paused and not self.gone:
