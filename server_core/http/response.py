@@ -105,12 +105,18 @@ _ENCODED_MAX = 1024
 _ENCODED_VALUE_MAX = 256
 
 
-def _encode_field(field: tuple[bytes, bytes]) -> Encoded:
-    name, value = field
+def field_line(name: bytes, value: bytes) -> bytes:
+    """``name: value\r\n``, or RuntimeError when the name is not a token or the value holds a control."""
     if not _NAME_RE.fullmatch(name):
         raise RuntimeError(f"invalid HTTP header name {name!r}")
     if _BAD_VALUE_RE.search(value):
         raise RuntimeError(f"invalid HTTP header value {value!r}")
+    return b"%s: %s\r\n" % (name, value)
+
+
+def _encode_field(field: tuple[bytes, bytes]) -> Encoded:
+    name, value = field
+    line = field_line(name, value)
     kind = _SPECIAL.get(name.lower())
     argument: Any = None
     if kind == _CONTENT_LENGTH:
@@ -119,7 +125,7 @@ def _encode_field(field: tuple[bytes, bytes]) -> Encoded:
         argument = int(value)
     elif kind == _CONNECTION:
         argument = b"close" in value.lower()
-    encoded = (b"%s: %s\r\n" % (name, value), kind, argument)
+    encoded = (line, kind, argument)
     if type(field) is tuple and type(name) is bytes and type(value) is bytes \
             and len(value) <= _ENCODED_VALUE_MAX:
         if len(_encoded) >= _ENCODED_MAX:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http
 import re
 from collections.abc import Iterable
 
+from server_core.http import response as resp
 from server_core.http.head import TOKEN
 from server_core.state import RequestHead
 from server_core.websocket.events import HandshakeError
@@ -100,24 +100,12 @@ def offered_subprotocols(head: RequestHead) -> list[str]:
     return split_tokens(header_values(head.headers, b"sec-websocket-protocol"))
 
 
-def _check_header(name: bytes, value: bytes) -> None:
-    # A CR or LF from the application would split the response in two.
-    if not name or any(c in name for c in b"\r\n\0: ") or any(c in value for c in b"\r\n\0"):
-        raise RuntimeError(f"invalid response header {name!r}: {value!r}")
-
-
 def response_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """An HTTP/1.1 status line and header block; header names are lower-cased."""
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    lines = [f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")]
+    """An HTTP/1.1 status line and header block (names lower-cased), by the HTTP response
+    encoder's rules: a field that is not a token name or holds a control is a RuntimeError."""
+    lines = [resp.status_line(status)]
     for name, value in headers:
-        name = bytes(name).lower()
-        value = bytes(value)
-        _check_header(name, value)
-        lines.append(name + b": " + value + b"\r\n")
+        lines.append(resp.field_line(bytes(name).lower(), bytes(value)))
     lines.append(b"\r\n")
     return b"".join(lines)
 
@@ -134,16 +122,6 @@ def simple_response(status: int, text: str, default_headers: Iterable[tuple[byte
         (b"connection", b"close"),
     ]
     return response_head(status, headers) + body
-
-
-def chunk(data: bytes) -> bytes:
-    """One chunk of a ``Transfer-Encoding: chunked`` body (RFC 9112 section 7.1)."""
-    if not data:
-        return b""
-    return f"{len(data):x}\r\n".encode("ascii") + data + b"\r\n"
-
-
-LAST_CHUNK = b"0\r\n\r\n"
 
 
 class DenialResponse:
@@ -173,4 +151,4 @@ class DenialResponse:
         """The bytes for one ``websocket.http.response.body`` message."""
         if not self.chunked:
             return data
-        return chunk(data) + (b"" if more else LAST_CHUNK)
+        return (resp.chunk(data) if data else b"") + (b"" if more else resp.LAST_CHUNK)
