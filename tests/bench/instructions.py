@@ -111,7 +111,8 @@ class CountingTransport:
         return False
 
 
-async def drive(scenario: str, requests: int, connections: int, access_log: bool, http: str = "httptools") -> float:
+async def drive(scenario: str, requests: int, connections: int, access_log: bool, http: str = "httptools",
+                metrics: bool = False) -> float:
     """Serve ``requests`` requests in-process; return CPU µs per request (after a warm-up)."""
     from server_core.http.protocol import HTTPProtocol
     from server_core.logs import AccessLog
@@ -125,6 +126,9 @@ async def drive(scenario: str, requests: int, connections: int, access_log: bool
     state.date_header = [(b"date", b"Thu, 01 Jan 2026 00:00:00 GMT")]
     if access_log:
         state.access_log = AccessLog(settings)
+        state.timed = True
+    if metrics:  # what --metrics-bind turns on in a worker
+        state.record = state.metrics.record
         state.timed = True
     transports = [CountingTransport() for _ in range(connections)]
     if scenario == "h2":
@@ -201,7 +205,8 @@ def _inner(args: argparse.Namespace) -> None:
     logs.configure(ServerSettings(app="bench", access_log=args.access_log,
                                   log_level="info" if args.access_log else "warning"))
     for scenario in args.scenario.split(","):
-        result = uvloop.run(drive(scenario, args.requests, args.connections, args.access_log, args.http))
+        result = uvloop.run(drive(scenario, args.requests, args.connections, args.access_log, args.http,
+                                  args.metrics))
         print(f"{scenario}: {result:.2f} CPU µs/request", file=sys.__stdout__, flush=True)
 
 
@@ -215,6 +220,8 @@ def _count(scenario: str, requests: int, args: argparse.Namespace, valgrind: str
                    "--requests", str(requests), "--connections", str(args.connections), "--http", args.http]
         if args.access_log:
             command.append("--access-log")
+        if args.metrics:
+            command.append("--metrics")
         done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               check=False, timeout=1800)
         report = log.read()
@@ -229,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", default="hello,echo,json",
                         help="comma-separated: hello, headers, echo, json, h2 (hello over HTTP/2)")
     parser.add_argument("--access-log", action="store_true", help="with the access log on")
+    parser.add_argument("--metrics", action="store_true", help="with the request metrics on (--metrics-bind)")
     parser.add_argument("--http", choices=("httptools", "h11", "zttp"), default="httptools",
                         help="the HTTP/1.1 parser (default httptools; the h2 scenario is zttp's HTTP/2 either way)")
     parser.add_argument("--requests", type=int, default=20000, help="N (the second run serves 2 N)")
@@ -245,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind), or use --timing")
-    label = (" with the access log" if args.access_log else "") + (f" on {args.http}" if args.http != "httptools" else "")
+    label = (" with the access log" if args.access_log else "") + (" with metrics" if args.metrics else "") \
+        + (f" on {args.http}" if args.http != "httptools" else "")
     for scenario in args.scenario.split(","):
         first = _count(scenario, args.requests, args, valgrind)
         second = _count(scenario, 2 * args.requests, args, valgrind)
