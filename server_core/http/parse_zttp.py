@@ -22,6 +22,7 @@ from server_core.http.reader import Headers, LibraryError, MessageReader, body_e
 
 _NEED_DATA = zttp.NEED_DATA
 _SERVER = zttp.SERVER
+_DQUOTE = ord('"')
 
 
 class ZttpParser(MessageReader):
@@ -41,15 +42,14 @@ class ZttpParser(MessageReader):
     def _parse_head(self, head: bytes) -> Headers:
         conn = self._conn
         line_end = head.find(b"\r\n")
-        if b'"' in head[:line_end]:
+        if head.find(_DQUOTE, 0, line_end) >= 0:
             # zttp refuses a raw DQUOTE in the target, which httptools, h11 and
             # the shared check accept (clients send it unencoded in queries).
             # The scope's target comes from the shared split, not from zttp, so
             # zttp is shown it percent-encoded and the three parsers agree.
             head = head[:line_end].replace(b'"', b"%22") + head[line_end:]
         try:
-            conn.receive_data(head)
-            event = conn.next_event()
+            event = conn.receive_event(head)
         except zttp.ProtocolError as exc:
             raise LibraryError(f"malformed request ({exc})") from None
         if type(event) is not zttp.Request:
