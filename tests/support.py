@@ -267,3 +267,36 @@ def tls_files(folder: Path) -> tuple[Path, Path, Path]:
     cert.private_key_pem.write_to_path(str(keyfile))
     ca.cert_pem.write_to_path(str(cafile))
     return certfile, keyfile, cafile
+
+
+def flood(worker: Any, clients: Sequence[socket.socket], burst: bytes, seconds: float, bound: int,
+          what: str) -> tuple[int, int, int]:
+    """Send ``burst`` on every non-blocking client as fast as each accepts it for ``seconds``,
+    sampling ``worker``'s RSS (a psutil.Process) every 0.25 s; fail at once past start + ``bound``.
+
+    Returns (start RSS, peak RSS, bytes sent).
+    """
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        selector.register(client, selectors.EVENT_WRITE)
+    try:
+        start = worker.memory_info().rss
+        peak, sent = start, 0
+        end = time.monotonic() + seconds
+        next_sample = time.monotonic()
+        while time.monotonic() < end:
+            for key, _ in selector.select(timeout=0.1):
+                try:
+                    sent += key.fileobj.send(burst)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    pass
+            if time.monotonic() >= next_sample:
+                next_sample += 0.25
+                peak = max(peak, worker.memory_info().rss)
+                assert peak < start + bound, (
+                    f"{what}: worker RSS {peak >> 20} MiB, started at {start >> 20} MiB ({sent >> 20} MiB sent)")
+        return start, peak, sent
+    finally:
+        selector.close()

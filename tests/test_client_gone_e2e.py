@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import selectors
 import socket
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import FACTOR, Corral, deadline, wait_until, worker_pids
+from tests.support import FACTOR, Corral, deadline, flood, wait_until, worker_pids
 
 FLOOD_SECONDS = 10.0
 BOUND = 64 * 1024 * 1024
@@ -44,30 +43,11 @@ def test_pipelining_flood_whose_answers_are_never_read_keeps_memory_bounded(
         sock.setblocking(False)
         clients.append(sock)
     burst = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 1024
-    selector = selectors.DefaultSelector()
-    for client in clients:
-        selector.register(client, selectors.EVENT_WRITE)
     try:
-        start = worker.memory_info().rss
-        peak, sent = start, 0
-        end = time.monotonic() + FLOOD_SECONDS
-        next_sample = time.monotonic()
-        while time.monotonic() < end:
-            for key, _ in selector.select(timeout=0.1):
-                try:
-                    sent += key.fileobj.send(burst)  # type: ignore[union-attr]
-                except BlockingIOError:
-                    pass
-            if time.monotonic() >= next_sample:
-                next_sample += 0.25
-                peak = max(peak, worker.memory_info().rss)
-                assert peak < start + BOUND, (
-                    f"--http {http}: worker RSS {peak >> 20} MiB, started at {start >> 20} MiB "
-                    f"({sent >> 20} MiB of requests sent)")
+        start, peak, sent = flood(worker, clients, burst, FLOOD_SECONDS, BOUND, f"--http {http}")
         assert server.dead() is None
         print(f"--http {http}: RSS {start >> 20} -> peak {peak >> 20} MiB; {sent >> 20} MiB of requests sent")
     finally:
-        selector.close()
         for client in clients:
             client.close()
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import base64
 import os
-import selectors
 import socket
-import time
 from collections.abc import Callable
 
 import psutil
 import pytest
 
-from tests.support import FACTOR, Corral, wait_until, worker_pids
+from tests.support import FACTOR, Corral, flood, wait_until, worker_pids
 from tests.test_ws_session import TIMEOUT, Server, raw_connect, serve  # noqa: F401 (serve: a fixture)
 
 FLOOD_SECONDS = 10.0
@@ -62,30 +60,11 @@ def test_ping_flood_whose_pongs_are_never_read_keeps_memory_bounded(
     worker = psutil.Process(pid)
     clients = [open_websocket(server) for _ in range(CLIENTS)]
     burst = ping_frame(b"p" * 125) * 512
-    selector = selectors.DefaultSelector()
-    for client in clients:
-        selector.register(client, selectors.EVENT_WRITE)
     try:
-        start = worker.memory_info().rss
-        peak, sent = start, 0
-        end = time.monotonic() + FLOOD_SECONDS
-        next_sample = time.monotonic()
-        while time.monotonic() < end:
-            for key, _ in selector.select(timeout=0.1):
-                try:
-                    sent += key.fileobj.send(burst)  # type: ignore[union-attr]
-                except BlockingIOError:
-                    pass
-            if time.monotonic() >= next_sample:
-                next_sample += 0.25
-                peak = max(peak, worker.memory_info().rss)
-                assert peak < start + BOUND, (
-                    f"--ws {ws}: worker RSS {peak >> 20} MiB, started at {start >> 20} MiB "
-                    f"({sent >> 20} MiB of pings sent)")
+        start, peak, sent = flood(worker, clients, burst, FLOOD_SECONDS, BOUND, f"--ws {ws}")
         assert server.dead() is None
         print(f"--ws {ws}: RSS {start >> 20} -> peak {peak >> 20} MiB; {sent >> 20} MiB of pings sent")
     finally:
-        selector.close()
         for client in clients:
             client.close()
 
