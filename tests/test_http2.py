@@ -541,6 +541,10 @@ def test_shutdown_sends_goaway_and_finishes_streams_in_flight(serve, client, ret
                     if isinstance(frame, hyperframe.frame.DataFrame) and frame.stream_id == stream_id)
     assert data == b"slow done"
     assert any("END_STREAM" in frame.flags for frame in frames if frame.stream_id == stream_id)
+    # The answer goes out before the GOAWAY: the h2 library (httpx) fails any
+    # stream whose frames come after one.
+    ends = [index for index, frame in enumerate(frames) if frame.stream_id == stream_id and "END_STREAM" in frame.flags]
+    assert ends[0] < frames.index(goaways[0])
 
 
 def read_frames_until_closed(one: H2Client) -> list[Any]:
@@ -662,7 +666,8 @@ def test_a_long_lived_connection_is_sent_away_before_zttps_stream_limit(serve, c
     goaways = [frame for frame in frames if isinstance(frame, hyperframe.frame.GoAwayFrame)]
     assert goaways and goaways[0].error_code == 0
     limit = goaways[0].last_stream_id
-    assert limit == 2 * MAX_CONNECTION_STREAMS - 1
+    # Sent at the first moment without a stream in flight, before zttp's hard limit.
+    assert 2 * MAX_CONNECTION_STREAMS - 1 <= limit <= 2 * (MAX_CONNECTION_STREAMS + MAX_STREAMS) - 1
     answered = {frame.stream_id for frame in frames if isinstance(frame, hyperframe.frame.DataFrame)}
     assert answered == {sid for sid in last if sid <= limit}
     # Streams above the GOAWAY's last id were not processed (RFC 9113 §6.8):

@@ -55,10 +55,14 @@ MAX_STREAMS = 128
 ABUSE_ALLOWANCE = 2 * MAX_STREAMS
 # Streams one connection may open in all. zttp 0.0.35 treats the 4097th
 # stream of a connection as a flood and kills the connection with every
-# stream in flight; so after this many corral says GOAWAY (as nginx does
-# after http2_max_requests), leaving room for the MAX_STREAMS a client may
-# already have sent, and the client carries on over a new connection.
-MAX_CONNECTION_STREAMS = 4096 - 2 * MAX_STREAMS
+# stream in flight; so from this many on corral sends the client away (as
+# nginx does after http2_max_requests), at the connection's next idle moment,
+# and at the latest MAX_STREAMS streams later, leaving room for the streams a
+# client may already have sent.
+MAX_CONNECTION_STREAMS = 4096 - 3 * MAX_STREAMS
+# How long a connection that should go waits for a moment with no stream in
+# flight before its GOAWAY goes out anyway (see H2Protocol.shutdown).
+LEAVE_WAIT = 1.0
 # Request body bytes buffered for the applications before reading stops, and
 # the level at which it resumes (as on HTTP/1.1).
 HIGH_WATER = 256 * 1024
@@ -122,6 +126,7 @@ class H2Protocol(asyncio.Protocol):
         self.read_paused = False
         self.transport_paused = False
         self.closing = False  # GOAWAY sent: finish the streams, then close
+        self.leaving = False  # GOAWAY wanted: at the next moment without a stream (or LEAVE_WAIT)
         self.gone = False
         self._waiters: list[asyncio.Future[None]] = []
         self._lengths: dict[int, int] = {}  # Content-Length bytes still owed, by stream
@@ -253,9 +258,12 @@ class H2Protocol(asyncio.Protocol):
         self.streams[stream_id] = stream
         self._busy()
         if stream_id >= 2 * MAX_CONNECTION_STREAMS - 1 and not self.closing:
-            # This connection's last stream (see MAX_CONNECTION_STREAMS): it
-            # is served, and GOAWAY sends the client to a new connection.
-            self.shutdown(True)
+            # This connection has served enough (see MAX_CONNECTION_STREAMS):
+            # send the client away, now if it reaches zttp's hard limit soon.
+            if stream_id >= 2 * (MAX_CONNECTION_STREAMS + MAX_STREAMS) - 1:
+                self._goaway()
+            else:
+                self.shutdown(True)
         concurrency = settings.limit_concurrency
         if concurrency is not None and len(state.tasks) >= concurrency:
             stream.status = 503
@@ -434,9 +442,8 @@ class H2Protocol(asyncio.Protocol):
         if self.read_paused and self.buffered < LOW_WATER and not self.transport_paused:
             self._resume_reading()
         if not self.streams:
-            if self.closing:
-                self.flush()
-                self._close()
+            if self.closing or self.leaving:
+                self._goaway()
                 return
             self._idle()
         self._flush_soon()
@@ -583,12 +590,27 @@ class H2Protocol(asyncio.Protocol):
             self.shutdown(False)
 
     def shutdown(self, retire: bool) -> None:
-        """GOAWAY naming the last stream we will serve; finish those, then close.
+        """Send the client away: GOAWAY naming the last stream served, then close.
 
-        The same for a retiring worker and a full stop: HTTP/2 tells the
+        The same for a retiring worker and a full stop. HTTP/2 tells the
         client exactly which requests were taken, so it retries the others on
-        a new connection and none is lost.
+        a new connection and none is lost. The GOAWAY waits for a moment with
+        no stream in flight, for at most LEAVE_WAIT seconds, serving what
+        comes meanwhile: a client on the h2 library (httpx, for one) treats
+        every frame after a GOAWAY as an error, so the answers to streams it
+        already sent must go out first.
         """
+        if self.gone or self.closing:
+            return
+        if not self.streams:
+            self._goaway()
+            return
+        if not self.leaving:
+            self.leaving = True
+            self.loop.call_later(LEAVE_WAIT, self._goaway)
+
+    def _goaway(self) -> None:
+        """GOAWAY now with the last stream taken; close once no stream is left."""
         if self.gone:
             return
         if not self.closing:
