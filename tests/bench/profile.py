@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     def drive(duration_s: float) -> int:
         """Load the server for ``duration_s``; return the requests completed."""
         if args.h2:
-            # Runs of a fixed count (3800 streams per connection: corral says GOAWAY after 3840),
+            # Runs of a fixed count (3700 streams per connection: corral says GOAWAY after 3712),
             # one after another on new connections until the time is up.
             done, end = 0, time.perf_counter() + duration_s
             while True:

@@ -140,7 +140,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--h2-streams", type=int, default=h2load.STREAMS,
                         help=f"h2load concurrent streams per connection (default {h2load.STREAMS})")
     parser.add_argument("--h2-requests", type=int, default=None,
-                        help="requests per h2 run (default 3800 per connection, under corral's GOAWAY at 3840 and zttp's 4096 streams "
+                        help="requests per h2 run (default 3700 per connection, under corral's GOAWAY at 3712 and zttp's 4096 streams "
                              "per connection; 0: run for --duration instead)")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list of the server (default 0)")
     parser.add_argument("--multi-cpus", default="0",
