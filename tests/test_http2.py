@@ -676,3 +676,19 @@ def test_a_long_lived_connection_is_sent_away_before_zttps_stream_limit(serve, c
                 isinstance(frame, (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame))}
     other = client(server.port)
     assert other.response(other.request("/", "POST", b"again"))["body"] == b"again"
+
+
+def test_a_connection_accepted_while_retiring_is_served_before_its_goaway(serve, client) -> None:
+    """As on HTTP/1.1: a client that connects while the worker retires gets its request answered,
+    and the GOAWAY after it (never one that crosses its request: the h2 library fails that)."""
+    server = serve(http_apps.echo)
+    server.call(lambda: (setattr(server.state, "stopping", True), setattr(server.state, "retiring", True)))
+    one = client(server.port)
+    stream_id = one.request("/", "POST", b"late")
+    frames = read_frames_until_closed(one)
+    data = b"".join(frame.data for frame in frames if isinstance(frame, hyperframe.frame.DataFrame))
+    assert data == b"late"
+    goaways = [frame for frame in frames if isinstance(frame, hyperframe.frame.GoAwayFrame)]
+    assert goaways and goaways[0].last_stream_id == stream_id
+    ends = [index for index, frame in enumerate(frames) if frame.stream_id == stream_id and "END_STREAM" in frame.flags]
+    assert ends[0] < frames.index(goaways[0])

@@ -60,9 +60,6 @@ ABUSE_ALLOWANCE = 2 * MAX_STREAMS
 # and at the latest MAX_STREAMS streams later, leaving room for the streams a
 # client may already have sent.
 MAX_CONNECTION_STREAMS = 4096 - 3 * MAX_STREAMS
-# How long a connection that should go waits for a moment with no stream in
-# flight before its GOAWAY goes out anyway (see H2Protocol.shutdown).
-LEAVE_WAIT = 1.0
 # Request body bytes buffered for the applications before reading stops, and
 # the level at which it resumes (as on HTTP/1.1).
 HIGH_WATER = 256 * 1024
@@ -126,7 +123,8 @@ class H2Protocol(asyncio.Protocol):
         self.read_paused = False
         self.transport_paused = False
         self.closing = False  # GOAWAY sent: finish the streams, then close
-        self.leaving = False  # GOAWAY wanted: at the next moment without a stream (or LEAVE_WAIT)
+        self.leaving = False  # GOAWAY wanted: at the next moment without a stream (see shutdown)
+        self._leave_timer: asyncio.TimerHandle | None = None
         self.gone = False
         self._waiters: list[asyncio.Future[None]] = []
         self._lengths: dict[int, int] = {}  # Content-Length bytes still owed, by stream
@@ -156,8 +154,6 @@ class H2Protocol(asyncio.Protocol):
         self.conn.initiate_connection()
         self.transport.write(strip_connect_protocol(self.conn.data_to_send()))
         self._idle()
-        if self.state.stopping:
-            self.shutdown(self.state.retiring)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: every stream still open sees ``http.disconnect``."""
@@ -594,20 +590,25 @@ class H2Protocol(asyncio.Protocol):
 
         The same for a retiring worker and a full stop. HTTP/2 tells the
         client exactly which requests were taken, so it retries the others on
-        a new connection and none is lost. The GOAWAY waits for a moment with
-        no stream in flight, for at most LEAVE_WAIT seconds, serving what
-        comes meanwhile: a client on the h2 library (httpx, for one) treats
-        every frame after a GOAWAY as an error, so the answers to streams it
-        already sent must go out first.
+        a new connection and none is lost.
+
+        The GOAWAY goes out with the answer that leaves the connection without
+        a stream in flight, so the client reads both before it sends again:
+        a client on the h2 library (httpx, for one) fails every stream whose
+        frames come after a GOAWAY, and one whose request crossed our GOAWAY.
+        Meanwhile new streams are served, as a retiring HTTP/1.1 connection
+        serves its next request. At the latest after the keep-alive timeout
+        the GOAWAY goes anyway (a connection that is never idle, or a client
+        that sends nothing more). On a full stop an idle connection goes at once.
         """
         if self.gone or self.closing:
             return
-        if not self.streams:
+        if not self.streams and not retire:
             self._goaway()
             return
         if not self.leaving:
             self.leaving = True
-            self.loop.call_later(LEAVE_WAIT, self._goaway)
+            self._leave_timer = self.loop.call_later(self.state.settings.timeout_keep_alive, self._goaway)
 
     def _goaway(self) -> None:
         """GOAWAY now with the last stream taken; close once no stream is left."""
@@ -638,10 +639,10 @@ class H2Protocol(asyncio.Protocol):
         self._wake_all()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._body_timer):
+        for timer in (self._timer, self._body_timer, self._leave_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._body_timer = None
+        self._timer = self._body_timer = self._leave_timer = None
 
 
 _names: tuple[Any, frozenset[bytes]] = (None, frozenset())
@@ -679,4 +680,6 @@ def takeover(http1: Any, transport: asyncio.BaseTransport, data: bytes) -> H2Pro
     h2.connection_made(transport, http1.client, http1.server, http1.scheme)
     if data:
         h2.data_received(data)
+    if h2.state.stopping:  # after the bytes already here: a request in them is served
+        h2.shutdown(h2.state.retiring)
     return h2
