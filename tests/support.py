@@ -43,6 +43,20 @@ def require_tool(name: str, *candidates: str) -> str:
     pytest.skip(message)
 
 
+def require_module(name: str) -> Any:
+    """A Python package the test needs (``make test`` installs it); skip naming it, or fail
+    under CORRAL_REQUIRE_ALL=1."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"the Python package {name!r} is not installed (make test installs it: pip install -e '.[test]')"
+    if REQUIRE_ALL:
+        pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
+    pytest.skip(message)
+
+
 def bound_socket(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
     """A listening TCP socket on a free port, to hand to corral with --fd (no port race)."""
     sock = socket.socket(family, socket.SOCK_STREAM)

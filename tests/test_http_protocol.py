@@ -99,6 +99,15 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
         server.stop()
 
 
+def unsent(sock: socket.socket) -> int:
+    """Bytes written to ``sock`` that the peer has not yet acknowledged (Linux SIOCOUTQ)."""
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
 class Client:
     """A raw socket client that reads whole HTTP responses."""
 
@@ -1311,7 +1320,8 @@ def test_pipelined_flood_is_parsed_a_batch_at_a_time_and_all_answered(serve, cli
     client = clients(server.port)
     client.send(GET % b"/slow" + b"".join(GET % b"/%d" % i for i in range(2000)))
     wait_until(lambda: app.started == 1, 10, "the slow request to start")
-    time.sleep(0.3)  # every byte is read by now (the kernel's buffers hold them all)
+    # Every byte is in the server's hands once the client's socket has none left unacknowledged.
+    wait_until(lambda: unsent(client.sock) == 0, 10, "the kernel to deliver every request byte")
 
     def queued() -> int:
         return max((len(conn.queue) for conn in server.state.connections), default=0)

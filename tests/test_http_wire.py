@@ -108,6 +108,14 @@ def http1(request: pytest.FixtureRequest) -> Run:
     return run
 
 
+async def until(condition: Callable[[], Any], what: str, seconds: float = 5.0) -> None:
+    """Run the loop until ``condition()`` holds; fail naming ``what`` past the deadline."""
+    end = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
 async def settle(passes: int = 20) -> None:
     """Let the loop run the application's steps (no sockets: a few passes suffice)."""
     for _ in range(passes):
@@ -139,8 +147,7 @@ def test_pipelined_requests_answer_in_order_and_the_last_closes(http1: Run) -> N
     async def scenario(protocol: HTTPProtocol, transport: MemoryTransport) -> tuple[bytes, bool]:
         protocol.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
                                b"GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        await asyncio.sleep(0.1)
-        await settle()
+        await until(lambda: transport.closed, "the connection to close after /3")
         return transport.take(), transport.closed
 
     out, closed = http1(slow_first, scenario)
@@ -246,16 +253,16 @@ def test_fin_while_a_response_streams_makes_the_next_send_raise(http1: Run) -> N
         try:
             for _ in range(1000):
                 await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0)
         except OSError as exc:
             raised.append(exc)
             raise
 
     async def scenario(protocol: HTTPProtocol, transport: MemoryTransport) -> None:
         protocol.data_received(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        await asyncio.sleep(0.01)
+        await until(lambda: b"data: x" in transport.out, "the stream to start")
         protocol.eof_received()
-        await asyncio.sleep(0.01)
+        await until(lambda: raised, "send() to raise")
 
     http1(sse, scenario)
     assert raised and isinstance(raised[0], OSError)

@@ -29,7 +29,7 @@ from server_core.proxy_gate import gated
 from server_core.proxy_protocol import V2_SIGNATURE
 from server_core.settings import ServerSettings
 from server_core.state import ServerState
-from tests.support import FACTOR, Corral, wait_until, worker_pids
+from tests.support import FACTOR, Corral, require_module, wait_until, worker_pids
 
 TIMEOUT = 5 * FACTOR  # the longest any socket of this file waits for the server
 REQUEST = b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -228,7 +228,7 @@ def test_without_the_option_a_header_is_not_http(corral: Callable[..., Corral]) 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_tls_starts_after_the_header(tmp_path: Path, corral: Callable[..., Corral], loop: str) -> None:
     """With --ssl-certfile the header comes first, in clear, then the TLS handshake (HAProxy in TCP mode)."""
-    trustme = pytest.importorskip("trustme")
+    trustme = require_module("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -387,7 +387,7 @@ SPLITS: dict[str, Callable[[bytes, bytes], list[bytes]]] = {
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_tls_after_the_header_at_every_cut_of_the_reads(loop: str, split: str) -> None:
     """In-process, on the real gate: each piece is its own read (the client waits between them)."""
-    trustme = pytest.importorskip("trustme")
+    trustme = require_module("trustme")
     ca = trustme.CA()
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("127.0.0.1").configure_cert(server_tls)
@@ -458,7 +458,7 @@ def test_tls_after_the_header_at_every_cut_of_the_reads(loop: str, split: str) -
             server.close()
 
     if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
+        uvloop = require_module("uvloop")
         event_loop = uvloop.new_event_loop()
     else:
         event_loop = asyncio.new_event_loop()
@@ -504,7 +504,7 @@ def test_a_websocket_behind_the_header_has_the_headers_client(corral: Callable[.
 
 @pytest.mark.parametrize("http", ["h11", "zttp"])
 def test_every_http1_parser_sits_behind_the_gate(corral: Callable[..., Corral], http: str) -> None:
-    pytest.importorskip(http)
+    require_module(http)
     server = start(corral, "--http", http)
     assert good(tcp(server), V2_IPV6)["client"] == ["2001:db8::7", 4713]
     assert talk(tcp(server), MALFORMED["v1 bad signature"]) == b""
@@ -513,9 +513,9 @@ def test_every_http1_parser_sits_behind_the_gate(corral: Callable[..., Corral], 
 
 def test_http2_prior_knowledge_behind_the_gate(corral: Callable[..., Corral]) -> None:
     """HTTP/2 (zttp, cleartext prior knowledge) starts after the header and sees its client."""
-    pytest.importorskip("zttp")
-    h2 = pytest.importorskip("h2.connection")
-    events = pytest.importorskip("h2.events")
+    require_module("zttp")
+    h2 = require_module("h2.connection")
+    events = require_module("h2.events")
     server = start(corral, "--http", "zttp", "--http2")
     sock = tcp(server)()
     try:
