@@ -388,6 +388,16 @@ def test_header_list_over_the_limits_is_431(serve, client) -> None:
     assert one.response(one.request("/", "POST", b"ok"))["body"] == b"ok"
 
 
+
+def test_header_list_over_the_head_size_limit_is_431(serve, client) -> None:
+    """--limit-request-head-size holds on the decoded HTTP/2 list as on an HTTP/1.1 head."""
+    server = serve(http_apps.echo, limit_request_head_size=2000)
+    one = client(server.port)
+    stream = one.response(one.request("/", headers=[(f"x-{n}", "v" * 90) for n in range(30)]))
+    assert stream["headers"][b":status"] == b"431"
+    assert one.response(one.request("/", "POST", b"ok", headers=[("x-a", "v" * 90)]))["body"] == b"ok"
+
+
 def test_concurrent_streams_are_capped(serve, client) -> None:
     app = Recorder()
     server = serve(app)
