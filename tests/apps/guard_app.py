@@ -14,6 +14,8 @@ import asyncio
 import os
 from typing import Any
 
+from plain_lifespan import lifespan
+
 _leaked: list[bytes] = []
 _leaking: list[asyncio.Task[None]] = []
 
@@ -32,13 +34,8 @@ async def _leak(mib_per_second: float) -> None:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     path, arg = scope["path"], scope["query_string"].decode()
     if path == "/exit":
         os._exit(int(arg or "1"))

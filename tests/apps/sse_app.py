@@ -18,6 +18,8 @@ import os
 import time
 from typing import Any
 
+from plain_lifespan import lifespan
+
 
 def _record(line: str) -> None:
     path = os.environ.get("SSE_RECORD")
@@ -28,13 +30,8 @@ def _record(line: str) -> None:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     path = scope["path"]
     if path == "/events":
         await send({"type": "http.response.start", "status": 200,
