@@ -5,19 +5,29 @@ The CPU window brackets the wrk process only (counters read just before wrk star
 after it exits), so server start-up, the warm-up run and shutdown are not billed to the
 requests. Each run returns a flat dict of raw figures; a server that fails to start, dies or
 answers with errors produces a dict with ``ok: False`` and the reason instead of an exception,
-so one broken configuration never stops the suite.
+so one broken configuration never stops the suite. Before the warm-up, one request of the
+scenario is sent and its answer checked (:func:`check_answer`): a wrong body is reported in the
+row's ``error`` beside its figures.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.bench import h2load, wrk, ws_load
-from tests.bench.apps import APP_ATTRS
-from tests.bench.servers import HOST, ServerProcess, ServerSpec, ServerStartError
+from tests.bench.apps import (
+    APP_ATTRS,
+    ECHO_BODY_SIZE,
+    HELLO_BODY,
+    JSON_PAYLOAD,
+    STREAM_CHUNK_SIZE,
+    STREAM_CHUNKS,
+)
+from tests.bench.servers import HOST, ServerProcess, ServerSpec, ServerStartError, http_request
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,46 @@ def wrk_script(scenario: Scenario, workdir: Path) -> Path | None:
     return path
 
 
+def check_answer(scenario: Scenario, port: int) -> str | None:
+    """One request as the scenario's load sends it, its answer checked (status, body, framing):
+    ``None`` when right, else what was wrong. wrk counts statuses only; this catches a server
+    that answers 200 with a wrong or truncated body. HTTP/1.1 scenarios only."""
+    if scenario.kind != "http":
+        return None
+    method, body = "GET", b""
+    headers: tuple[tuple[str, str], ...] = ()
+    if scenario.script == "post":
+        method, body = "POST", b"x" * ECHO_BODY_SIZE
+        headers = (("Content-Type", "application/octet-stream"),)
+    elif scenario.script == "browser":
+        headers = wrk.BROWSER_FIELDS
+    try:
+        status, fields, got = http_request(port, method, body=body, headers=headers)
+    except (OSError, ValueError) as exc:
+        return f"check request failed: {exc}"
+    if status != 200:
+        return f"check request answered {status}"
+    if scenario.name in ("hello", "headers"):
+        expected = HELLO_BODY
+    elif scenario.name == "json":
+        try:
+            right = json.loads(got) == JSON_PAYLOAD
+        except ValueError:
+            right = False
+        return None if right else f"wrong JSON body: {got[:80]!r}"
+    elif scenario.name == "echo":
+        expected = body
+    elif scenario.name == "stream":
+        if "chunked" not in fields.get("transfer-encoding", "").lower():
+            return "stream answer not chunked (transfer-encoding: " + fields.get("transfer-encoding", "none") + ")"
+        expected = b"x" * (STREAM_CHUNK_SIZE * STREAM_CHUNKS)
+    else:
+        return None
+    if got != expected:
+        return f"wrong body: {len(got)} bytes, expected {len(expected)} ({got[:40]!r})"
+    return None
+
+
 def _drive(server: ServerProcess, scenario: Scenario, load: LoadSettings, duration_s: float,
            script: Path | None, warmup: bool = False) -> tuple[dict[str, Any], str]:
     """One load run against ``server``: wrk for HTTP, the echo client for WebSockets."""
@@ -99,7 +149,8 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
     try:
         row["startup_s"] = server.start(timeout=load.start_timeout_s)
         if spec.workers > 1:
-            server.wait_processes(spec.workers + 1, timeout=load.start_timeout_s)
+            server.wait_workers(spec.workers, timeout=load.start_timeout_s)
+        row["check_error"] = check_answer(scenario, server.port)
         if load.warmup_s > 0:
             _drive(server, scenario, load, load.warmup_s, script, warmup=True)
         server.check_alive()
@@ -126,6 +177,11 @@ def measure(spec: ServerSpec, scenario: Scenario, load: LoadSettings, workdir: P
     row["load_output"] = raw
     if requests == 0:
         row["error"] = "no request completed"
+    elif row["check_error"]:
+        # A wrong answer is an error however cheap it was: the figures are kept and flagged.
+        row["ok"] = True
+        row["error"] = "wrong answer: " + row["check_error"] + (
+            f"; {figures['errors']} failed requests" if figures["errors"] else "")
     elif figures["errors"]:
         # Errors are reported, and the figures kept: a server that fails requests cheaply is
         # not faster, so the table shows the error count beside its numbers.

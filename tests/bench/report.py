@@ -1,5 +1,9 @@
 """Turning raw runs into the report: machine header, medians and ranges, ratios, targets.
 
+The report opens with issue 16's two tables: corral, uvicorn and granian per HTTP/1.1 scenario
+(CPU per request, paired ratios, p99), titled with the CPU model that gave the figures, and the
+4-worker memory with the times to first 200.
+
 Every figure is summarised as the median of the repetitions with the min–max beside it. Ratios
 compare medians from the same invocation, so both sides saw the same machine at the same time:
 "× uvicorn" divides a configuration's CPU µs per request by uvicorn's in the same scenario,
@@ -97,6 +101,8 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "ws": first.get("ws"), "reference": first["reference"], "runs": len(group), "ok_runs": len(good),
             "errors": sum(r.get("errors", 0) or 0 for r in group),
             "failure": next((r["error"] for r in group if not r["ok"]), None),
+            # A wrong answer (tests.bench.measure.check_answer) or failed requests: figures kept, flagged.
+            "flag": next((r["error"] for r in group if r["ok"] and r.get("error")), None),
             "cpu_us_per_req": _stats(r.get("cpu_us_per_req") for r in good),
             "rps": _stats(r.get("rps") for r in good),
             "p50_ms": _stats(r.get("p50_ms") for r in good),
@@ -113,13 +119,14 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def paired_ratios(runs: Sequence[dict[str, Any]], scenario: str, server: str, reference: str) -> list[float]:
-    """CPU µs/req of ``server`` over ``reference``'s, one ratio per repetition (the two runs of a
-    repetition are minutes apart at most, so their ratio cancels a slow phase of the machine):
-    the spread of these ratios is how noisy a comparison was."""
+def paired_ratios(runs: Sequence[dict[str, Any]], scenario: str, server: str, reference: str,
+                  field: str = "cpu_us_per_req") -> list[float]:
+    """``field`` (CPU µs/req by default) of ``server`` over ``reference``'s, one ratio per repetition
+    (the two runs of a repetition are minutes apart at most, so their ratio cancels a slow phase of
+    the machine): the spread of these ratios is how noisy a comparison was."""
     def by_rep(key: str) -> dict[int, float]:
-        return {r["rep"]: r["cpu_us_per_req"] for r in runs
-                if r["scenario"] == scenario and r["server"] == key and r["ok"] and r.get("cpu_us_per_req")}
+        return {r["rep"]: r[field] for r in runs
+                if r["scenario"] == scenario and r["server"] == key and r["ok"] and r.get(field)}
     mine, theirs = by_rep(server), by_rep(reference)
     return [mine[rep] / theirs[rep] for rep in sorted(mine) if theirs.get(rep)]
 
@@ -138,21 +145,71 @@ def _median(summary: Sequence[dict[str, Any]], scenario: str, server: str, field
     return None
 
 
-# --------------------------------------------------------------------------- issue 7 and 11 targets
+# --------------------------------------------------------------------------- issue 7, 11 and 16 targets
 
 def _target(name: str, value: float | None, limit: float, unit: str = "×") -> dict[str, Any]:
     status = "n/a" if value is None else ("met" if value <= limit else "not met")
     return {"target": name, "value": value, "limit": limit, "unit": unit, "status": status}
 
 
-def targets(summary: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 7's and 11's targets checked against this run (informational: never an assertion)."""
+HTTP1_SCENARIOS = ("hello", "json", "echo", "stream", "headers")
+"""The HTTP/1.1 scenarios of the headline table, in its order."""
 
-    def ratio(scenario: str, a: str, b: str) -> float | None:
-        x, y = _median(summary, scenario, a, "cpu_us_per_req"), _median(summary, scenario, b, "cpu_us_per_req")
+
+def memory_row(memory: Sequence[dict[str, Any]], family: str, workers: int | None = None) -> dict[str, Any] | None:
+    """The summary (tests.bench.probes.summarize_memory) of ``family``'s memory probe, if it ran."""
+    for row in memory:
+        if row["family"] == family and row["ok"] and (workers is None or row["workers"] == workers):
+            summary: dict[str, Any] | None = row.get("summary")
+            return summary
+    return None
+
+
+def startup_median(startup: Sequence[dict[str, Any]], family: str, workers: int,
+                   field: str = "median_s") -> float | None:
+    for row in startup:
+        if row["family"] == family and row.get("workers", 1) == workers and row["runs_s"]:
+            value: float | None = row.get(field)
+            return value
+    return None
+
+
+def targets(summary: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]],
+            startup: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Issue 16's targets, then issue 7's and 11's, checked against this run (informational: never
+    an assertion). A target whose figures were not measured is ``n/a``."""
+
+    def ratio(scenario: str, a: str, b: str, field: str = "cpu_us_per_req") -> float | None:
+        x, y = _median(summary, scenario, a, field), _median(summary, scenario, b, field)
         return x / y if x is not None and y else None
 
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    def mem(row: dict[str, Any] | None, key: str) -> float | None:
+        """A memory summary's figure in bytes (a median for the per-worker ones), or None."""
+        value = None if row is None else row.get(key)
+        if isinstance(value, dict):
+            value = value.get("median")
+        return None if value is None else float(value)
+
     out = [
+        _target("#16 hello: CPU/req ≤ granian", ratio("hello", "corral", "granian"), 1.0),
+        _target("#16 small JSON: CPU/req ≤ granian", ratio("json", "corral", "granian"), 1.0),
+        _target("#16 headers: CPU/req ≤ 0.75 × uvicorn", ratio("headers", "corral", "uvicorn"), 0.75),
+    ]
+    corral4, granian4 = memory_row(memory, "corral"), memory_row(memory, "granian")
+    out.append(_target("#16 4 workers: total PSS ≤ granian's",
+                       div(mem(corral4, "total_pss"), mem(granian4, "total_pss")), 1.0))
+    out.append(_target("#16 4 workers: worker USS (median) ≤ 6 MiB", div(mem(corral4, "worker_uss"), MIB), 6.0, "MiB"))
+    out.append(_target("#16 time to first 200, 1 worker: ≤ uvicorn's",
+                       div(startup_median(startup, "corral", 1), startup_median(startup, "uvicorn", 1)), 1.0))
+    out.append(_target("#16 time to first 200, 4 workers: ≤ granian's",
+                       div(startup_median(startup, "corral", 4), startup_median(startup, "granian", 4)), 1.0))
+    for scenario in HTTP1_SCENARIOS:
+        out.append(_target(f"#16 {scenario}: p99 ≤ granian's", ratio(scenario, "corral", "granian", "p99_ms"), 1.0))
+
+    out += [
         _target("hello, 1 worker: CPU/req ≤ 0.75 × uvicorn", ratio("hello", "corral", "uvicorn"), 0.75),
         _target("hello, 1 worker: CPU/req ≤ 2 × ceiling", ratio("hello", "corral", "ceiling"), 2.0),
     ]
@@ -173,21 +230,13 @@ def targets(summary: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]])
     out.append(_target("access log on ≤ 1.15 × off (hello CPU/req)", ratio("hello", "corral-log", "corral"), 1.15))
     out.append(_target("#11 HTTP/2 hello (h2load): CPU/req ≤ 0.6 × uvicorn --http zttp --http2",
                        ratio("h2", "corral-zttp-h2", "uvicorn-zttp-h2"), 0.6))
-    for scenario in ("hello", "json", "stream", "echo", "headers"):
+    for scenario in HTTP1_SCENARIOS:
         out.append(_target(f"#11 {scenario}, zttp: CPU/req ≤ 0.8 × uvicorn --http zttp",
                            ratio(scenario, "corral-zttp", "uvicorn-zttp"), 0.8))
-    corral_mem = next((m for m in memory if m["family"] == "corral" and m["ok"]), None)
-    uvicorn_mem = next((m for m in memory if m["family"] == "uvicorn" and m["ok"]), None)
-    worker_rss = master_rss = uvicorn_rss = None
-    if corral_mem:
-        workers = [p["rss"] for p in corral_mem["processes"] if p["role"] == "worker"]
-        worker_rss = max(workers) if workers else None
-        master_rss = next((p["rss"] for p in corral_mem["processes"] if p["role"] == "master"), None)
-    if uvicorn_mem and uvicorn_mem["processes"]:
-        uvicorn_rss = uvicorn_mem["processes"][0]["rss"]
-    out.append(_target("idle worker RSS ≤ uvicorn's process",
-                       worker_rss / uvicorn_rss if worker_rss and uvicorn_rss else None, 1.0))
-    out.append(_target("master RSS ≤ 30 MiB", master_rss / MIB if master_rss else None, 30.0, "MiB"))
+    uvicorn4 = memory_row(memory, "uvicorn")
+    out.append(_target("4 workers: worker RSS (median) ≤ uvicorn's worker RSS",
+                       div(mem(corral4, "worker_rss"), mem(uvicorn4, "worker_rss")), 1.0))
+    out.append(_target("master RSS ≤ 30 MiB", div(mem(corral4, "master_rss"), MIB), 30.0, "MiB"))
     return out
 
 
@@ -221,40 +270,107 @@ def _first_line(text: str | None, width: int = 160) -> str:
     return (line[: width - 1] + "…" if len(line) > width else line).replace("|", "\\|")
 
 
-def headline(summary: Sequence[dict[str, Any]]) -> list[str]:
-    """The short table for the README: corral against uvicorn per scenario (1 worker, HTTP/1.1)."""
-    scenarios = list(dict.fromkeys(row["scenario"] for row in summary if not row.get("h2")))
+def _row(summary: Sequence[dict[str, Any]], scenario: str, server: str) -> dict[str, Any] | None:
+    return next((r for r in summary if r["scenario"] == scenario and r["server"] == server), None)
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """Issue 16's table: corral, uvicorn and granian per HTTP/1.1 scenario (1 worker), CPU per
+    request with the paired ratios, and p99 at the run's connection count; the CPU model that
+    gave the figures in the title. Then the other references (ceiling, gunicorn, parsers)."""
+    summary, runs, meta = results["summary"], results["runs"], results["meta"]
+    connections = results["settings"].get("connections", 64)
+    scenarios = [sc for sc in dict.fromkeys(row["scenario"] for row in summary if not row.get("h2") and not row.get("ws"))
+                 if sc != "ws"]
     if not any(_median(summary, sc, "corral", "cpu_us_per_req") for sc in scenarios):
         return []
-    out = ["", "## Summary: CPU µs per request, 1 worker (lower is better)", "",
-           "| scenario | corral | uvicorn | corral / uvicorn | corral h11 / uvicorn h11 | corral zttp / uvicorn zttp "
-           "| ceiling | granian | gunicorn | p99 corral / uvicorn |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def med(scenario: str, server: str, field: str = "cpu_us_per_req") -> float | None:
         return _median(summary, scenario, server, field)
 
+    def cpu(scenario: str, server: str) -> str:
+        row = _row(summary, scenario, server)
+        if row is None:
+            return "–"
+        if row["ok_runs"] == 0:
+            return "**failed**"
+        return _fmt(med(scenario, server)) + (" ⚠" if row["flag"] or row["errors"] else "")
+
     def div(a: float | None, b: float | None) -> str:
         return "–" if a is None or not b else f"{a / b:.2f}"
 
+    flagged = False
+    out = ["", f"## Summary: CPU µs per request, 1 worker, on {meta['cpu']} ({meta['cpus']} CPUs)", "",
+           f"Lower is better. Figures from **{meta['cpu']}**; another CPU model gives other figures and other "
+           "ratios. Ratios: of the medians, then (min–max) of the same ratio taken per repetition. "
+           f"p99: wrk's, at {connections} connections, in ms.", "",
+           "| scenario | corral | uvicorn | granian | corral / uvicorn | corral / granian | p99 corral | p99 granian "
+           "| p99 corral / granian |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for sc in scenarios:
+        cells = [cpu(sc, "corral"), cpu(sc, "uvicorn"), cpu(sc, "granian")]
+        flagged = flagged or any("⚠" in c for c in cells)
         out.append(
-            f"| {sc} | {_fmt(med(sc, 'corral'))} | {_fmt(med(sc, 'uvicorn'))} | "
-            f"{div(med(sc, 'corral'), med(sc, 'uvicorn'))} | {div(med(sc, 'corral-h11'), med(sc, 'uvicorn-h11'))} | "
-            f"{div(med(sc, 'corral-zttp'), med(sc, 'uvicorn-zttp'))} | "
-            f"{_fmt(med(sc, 'ceiling'))} | {_fmt(med(sc, 'granian'))} | {_fmt(med(sc, 'gunicorn'))} | "
-            f"{div(med(sc, 'corral', 'p99_ms'), med(sc, 'uvicorn', 'p99_ms'))} |"
-        )
+            f"| {sc} | {' | '.join(cells)} | {_pair(runs, summary, sc, 'corral', 'uvicorn')} | "
+            f"{_pair(runs, summary, sc, 'corral', 'granian')} | {_fmt(med(sc, 'corral', 'p99_ms'), 2)} | "
+            f"{_fmt(med(sc, 'granian', 'p99_ms'), 2)} | {_pair(runs, summary, sc, 'corral', 'granian', 'p99_ms')} |")
+    if flagged:
+        out += ["", "⚠: failed requests or a wrong answer in this row's runs (see the errors column of the full table)."]
+    others = [sc for sc in scenarios if any(_row(summary, sc, key) for key in
+                                            ("ceiling", "gunicorn", "corral-h11", "corral-zttp"))]
+    if others:
+        out += ["", "Other references (CPU µs per request, 1 worker; ratios of the medians):", "",
+                "| scenario | ceiling | gunicorn -k asgi | corral h11 / uvicorn h11 | corral zttp / uvicorn zttp "
+                "| p99 corral / uvicorn |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for sc in others:
+            out.append(
+                f"| {sc} | {_fmt(med(sc, 'ceiling'))} | {_fmt(med(sc, 'gunicorn'))} | "
+                f"{div(med(sc, 'corral-h11'), med(sc, 'uvicorn-h11'))} | "
+                f"{div(med(sc, 'corral-zttp'), med(sc, 'uvicorn-zttp'))} | "
+                f"{div(med(sc, 'corral', 'p99_ms'), med(sc, 'uvicorn', 'p99_ms'))} |")
+    return out
+
+
+def workers_table(results: dict[str, Any]) -> list[str]:
+    """Issue 16's second table: per server, the 4-worker tree's total PSS, the median worker USS
+    and the time to first 200 with 1 and with 4 workers."""
+    memory, startup = results.get("memory", []), results.get("startup", [])
+    families = list(dict.fromkeys([row["family"] for row in memory] + [row["family"] for row in startup]))
+    if not families:
+        return []
+    workers = next((row["workers"] for row in memory), None) or max(
+        (row.get("workers", 1) for row in startup), default=4)
+    meta = results["meta"]
+    out = ["", f"## Summary: {workers} workers (memory) and time to first 200, on {meta['cpu']} ({meta['cpus']} CPUs)", "",
+           f"Memory after {memory[0]['requests']} requests and {memory[0]['rest_s']:g} s of rest (total PSS: "
+           "every process of the tree; worker USS: median over the workers); time to first 200: median of "
+           "the start-ups, spawn to the first answer on the port." if memory else
+           "Time to first 200: median of the start-ups, spawn to the first answer on the port.", "",
+           f"| server | total PSS MiB | worker USS MiB | master PSS MiB | time to first 200 s (1 worker / {workers}) |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+    for family in families:
+        mem_run = next((row for row in memory if row["family"] == family), None)
+        if mem_run is not None and not mem_run["ok"]:
+            total = uss = master = "**failed**"
+        else:
+            mem = memory_row(memory, family)
+            total = _mib(mem["total_pss"] if mem else None)
+            uss = _mib(mem["worker_uss"]["median"]) if mem and mem["worker_uss"] else "–"
+            master = _mib(mem["master_pss"] if mem else None)
+        one, many = startup_median(startup, family, 1), startup_median(startup, family, workers)
+        name = "gunicorn -k asgi" if family == "gunicorn" else family
+        out.append(f"| {name} | {total} | {uss} | {master} | {_fmt(one, 3)} / {_fmt(many, 3)} |")
     return out
 
 
 def _pair(runs: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], scenario: str, a: str,
-          b: str) -> str:
+          b: str, field: str = "cpu_us_per_req") -> str:
     """``0.62 (0.58–0.66)``: the ratio of the medians, then the min–max of the per-repetition ratios."""
-    x, y = _median(summary, scenario, a, "cpu_us_per_req"), _median(summary, scenario, b, "cpu_us_per_req")
+    x, y = _median(summary, scenario, a, field), _median(summary, scenario, b, field)
     if x is None or not y:
         return "–"
-    spread = paired_ratios(runs, scenario, a, b)
+    spread = paired_ratios(runs, scenario, a, b, field)
     text = f"{x / y:.2f}"
     if len(spread) > 1:
         text += f" ({min(spread):.2f}–{max(spread):.2f})"
@@ -324,10 +440,11 @@ def markdown(results: dict[str, Any]) -> str:
     )
     if results.get("busy"):
         out.append(f"- **busy machine**: {results['busy']}")
-    out += headline(results["summary"])
+    out += headline(results)
+    out += workers_table(results)
     out += http2_table(results)
     out += zttp_table(results)
-    out += ["", "## Throughput and CPU cost", "",
+    out += [] if not results["summary"] else ["", "## Throughput and CPU cost", "",
             "CPU µs/req is the server's whole process tree (master and workers); × uvicorn compares it "
             "with uvicorn's in the same scenario and configuration (lower is better). *core used* is the "
             "server's CPU time over the run's wall time: well under 100 % for a single-core server means "
@@ -342,38 +459,68 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         errors = str(row["errors"]) + ("" if row["ok_runs"] == row["runs"] else
                                        f" ({row['runs'] - row['ok_runs']} run(s) failed)")
+        if row["flag"] and "wrong answer" in row["flag"]:
+            errors += f" · {_first_line(row['flag'], 100)}"
         out.append(
             f"| {row['scenario']} | {row['label']} | {_cell(row['cpu_us_per_req'])} | "
             f"{_ratio_cell(row['vs_uvicorn'])} | {_cell(row['rps'], 0)} | {_ratio_cell(row['rps_vs_uvicorn'])} | "
             f"{_percent(row['cpu_util'])} | {_cell(row['p50_ms'], 2, False)} | {_cell(row['p99_ms'], 2)} | {errors} |"
         )
     if any(t["status"] != "n/a" for t in results.get("targets", [])):
-        out += ["", "## Issue 7 and 11 targets (this run)", "", "| target | value | status |", "| --- | ---: | --- |"]
+        out += ["", "## Targets of issues 16, 7 and 11 (this run)", "",
+                "Value: a ratio (corral / the other) or MiB; met when value ≤ limit. Informational, never a gate.", "",
+                "| target | value | limit | status |", "| --- | ---: | ---: | --- |"]
         for target in results["targets"]:
             unit = " MiB" if target["unit"] == "MiB" else "×"
             value = "–" if target["value"] is None else f"{target['value']:.2f}{unit}"
             where = f" ({target['where']})" if target.get("where") else ""
-            out.append(f"| {target['target']}{where} | {value} | {target['status']} |")
+            status = f"**{target['status']}**" if target["status"] == "not met" else target["status"]
+            out.append(f"| {target['target']}{where} | {value} | {target['limit']:g}{unit} | {status} |")
     if results.get("startup"):
-        out += ["", "## Startup: spawn to first 200", "", "| server | median s | min–max s | runs |",
-                "| --- | ---: | ---: | ---: |"]
+        poll = results["startup"][0].get("poll_s")
+        out += ["", "## Startup: spawn to first 200", "",
+                "From the `Popen` call to the first `GET /` answered 200 on the port"
+                + (f", polled every {poll * 1e3:g} ms" if poll else "") + ". With several workers: the first answer, "
+                "whichever worker gave it; *workers spawned*: when the tree first held all its worker processes "
+                "(they may still be importing).", "",
+                "| server | workers | median s | min–max s | workers spawned s | runs |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for row in results["startup"]:
             if not row["ok"] and not row["runs_s"]:
-                out.append(f"| {row['label']} | **failed**: {_first_line(row['error'])} | | |")
+                out.append(f"| {row['label']} | {row.get('workers', 1)} | **failed**: {_first_line(row['error'])} | | | |")
                 continue
-            out.append(f"| {row['label']} | {_fmt(row['median_s'], 3)} | {_fmt(row['min_s'], 3)}–"
-                       f"{_fmt(row['max_s'], 3)} | {len(row['runs_s'])} |")
+            out.append(f"| {row['label']} | {row.get('workers', 1)} | {_fmt(row['median_s'], 3)} | {_fmt(row['min_s'], 3)}–"
+                       f"{_fmt(row['max_s'], 3)} | {_fmt(row.get('workers_spawned_median_s'), 3)} | "
+                       f"{len(row['runs_s'])} |")
     if results.get("memory"):
-        out += ["", "## Memory when idle (after a 1 s burst)", "",
-                "| server | process | pid | RSS MiB | PSS MiB | USS MiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        first = results["memory"][0]
+        out += ["", f"## Memory after {first.get('requests', '?')} requests and {first.get('rest_s', 1):g} s of rest", "",
+                "Per server: the tree's totals, the master, the median worker (min–max over the workers) and any "
+                "helper process (uvicorn's multiprocessing resource tracker). PSS splits shared pages among the "
+                "processes sharing them (summed: the tree's footprint); USS is what only that process holds.", "",
+                "| server | processes | total PSS MiB | total RSS MiB | master PSS / USS MiB | worker USS MiB "
+                "| worker PSS MiB | helpers (PSS MiB) |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for row in results["memory"]:
             if not row["ok"]:
-                out.append(f"| {row['label']} | **failed**: {_first_line(row['error'])} | | | | |")
+                out.append(f"| {row['label']} | **failed**: {_first_line(row['error'])} | | | | | | |")
                 continue
+            m = row["summary"]
+            helpers = ", ".join(m["helpers"]) + f" ({_mib(m['helpers_pss'])})" if m["helpers"] else "none"
+            out.append(
+                f"| {row['label']} | {m['processes']} | {_mib(m['total_pss'])} | {_mib(m['total_rss'])} | "
+                f"{_mib(m['master_pss'])} / {_mib(m['master_uss'])} | {_mib_stats(m['worker_uss'])} | "
+                f"{_mib_stats(m['worker_pss'])} | {helpers} |"
+                + (f" ⚠ {row['error']}" if row.get("error") else ""))
+        out += ["", "Each process (CPU ms: what it spent while the requests ran, in the kernel's 10 ms ticks: which "
+                "workers served):", "",
+                "| server | process | pid | RSS MiB | PSS MiB | USS MiB | CPU ms |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for row in results["memory"]:
             for proc in row["processes"]:
                 out.append(
                     f"| {row['label']} | {proc['role']} | {proc['pid']} | {_mib(proc['rss'])} | "
-                    f"{_mib(proc['pss'])} | {_mib(proc['uss'])} |"
+                    f"{_mib(proc['pss'])} | {_mib(proc['uss'])} | {_fmt(proc.get('cpu_ms_during_requests'))} |"
                 )
     for section in results.get("sections", []):
         if section["status"] == "absent":
@@ -393,8 +540,16 @@ def _percent(stats: dict[str, float] | None) -> str:
     return "–" if stats is None else f"{stats['median'] * 100:.0f} %"
 
 
-def _mib(value: int | None) -> str:
+def _mib(value: float | None) -> str:
     return "–" if value is None else f"{value / MIB:.1f}"
+
+
+def _mib_stats(stats: dict[str, float] | None) -> str:
+    """``5.7 (5.5–6.0)``: a median in MiB with the min–max."""
+    if stats is None:
+        return "–"
+    text = _mib(stats["median"])
+    return text + (f" ({_mib(stats['min'])}–{_mib(stats['max'])})" if stats["n"] > 1 else "")
 
 
 def _as_markdown(text: str) -> str:

@@ -10,7 +10,8 @@ on a free port under ``taskset -c 0``, warmed up, loaded by ``taskset -c 1 wrk``
 Repetitions are interleaved (rep 1 of everything, then rep 2…) so a slow phase of a shared
 machine hits every server alike. The ``ws`` scenario runs when the
 ``tests/bench/ws_echo.py`` client exists, the ``h2`` scenario (HTTP/2 hello, ``h2load``) when
-h2load and zttp are installed. Then start-up time, idle memory and the optional
+h2load and zttp are installed. granian runs beside corral and uvicorn in every HTTP/1.1
+scenario. Then time to first 200 (1 and 4 workers), memory of 4-worker trees and the optional
 ``zero_downtime`` section run. The markdown report goes to stdout and
 ``bench-results/latest.md``; every raw figure to ``bench-results/latest.json``.
 See docs/BENCHMARKS.md for what each column means.
@@ -33,6 +34,7 @@ from typing import Any
 from tests.bench import h2load, probes, report, sections, wrk, ws_load
 from tests.bench.measure import SCENARIOS, LoadSettings, Scenario, measure
 from tests.bench.servers import (
+    POLL_S,
     ROOT,
     ServerSpec,
     granian_path,
@@ -74,11 +76,11 @@ def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus:
                 cases += [(scenario, spec) for spec in specs if spec.family in families]
             continue
         specs = [ServerSpec("corral", cpus=server_cpus), ServerSpec("uvicorn", cpus=server_cpus)]
+        if have_granian:  # the compiled reference of issue 16: in every HTTP/1.1 scenario
+            specs.append(ServerSpec("granian", http="-", cpus=server_cpus))
         if scenario.name == "hello":
-            # The ceiling answers hello only; granian is the compiled reference, on the headline case.
+            # The ceiling answers hello only; gunicorn's asgi worker is a reference on the headline case.
             specs.append(ServerSpec("ceiling", http="-", cpus=server_cpus))
-            if have_granian:
-                specs.append(ServerSpec("granian", http="-", cpus=server_cpus))
             if have_gunicorn:
                 specs.append(ServerSpec("gunicorn", http="-", cpus=server_cpus))
         specs += [ServerSpec("corral", http="h11", cpus=server_cpus),
@@ -95,6 +97,24 @@ def plan(scenarios: Sequence[Scenario], families: Sequence[str], *, server_cpus:
         cases += [(scenario, spec) for spec in specs
                   if spec.family in families and (spec.http not in PARSERS or spec.http in parsers)]
     return cases
+
+
+PROBE_WORKERS = 4
+"""Workers of the memory probe and of the second start-up probe (issue 16's 4-worker rows)."""
+PROBE_FAMILIES = ("corral", "uvicorn", "granian", "gunicorn")
+
+
+def probe_specs(families: Sequence[str], workers: int, cpus: str | None) -> list[ServerSpec]:
+    """The start-up and memory probes' configurations: corral, uvicorn, granian and gunicorn
+    (``-k asgi``) when installed and selected, with ``workers`` workers each."""
+    specs = []
+    for family in PROBE_FAMILIES:
+        if family not in families or (family == "granian" and granian_path() is None) or (
+                family == "gunicorn" and not gunicorn_has_asgi()):
+            continue
+        specs.append(ServerSpec(family, http="httptools" if family in ("corral", "uvicorn") else "-",
+                                workers=workers, cpus=cpus))
+    return specs
 
 
 def _cpu_set(cpus: str) -> set[int]:
@@ -208,6 +228,11 @@ def _notes(settings: dict[str, Any], families: Sequence[str], load_before: float
     notes = [
         f"Servers run pinned to CPU {server or 'none'} (master and workers together), wrk to CPU "
         f"{load or 'none'}. The 2-worker rows are pinned to CPU {multi or 'none'}: " + multi_note,
+        f"The {PROBE_WORKERS}-worker start-up and memory probes are pinned to CPU {multi or 'none'} (the 1-worker "
+        f"start-up to CPU {server or 'none'}); start-up is polled every {POLL_S * 1e3:g} ms; memory is read after "
+        f"{probes.MEMORY_REQUESTS} requests on new connections ({probes.MEMORY_CLIENTS} concurrent clients) and "
+        f"{probes.MEMORY_REST_S:g} s of rest; every process of the tree is counted (uvicorn --workers N: its "
+        "multiprocessing resource tracker too).",
         "corral and uvicorn run with their defaults (loop auto → uvloop), `--log-level warning "
         "--no-access-log`; the access-log rows use `--log-level info --access-log` with output to a file.",
         "The ceiling is tests/bench/ceiling.py: uvloop + httptools answering a fixed response, no ASGI.",
@@ -225,7 +250,7 @@ def _notes(settings: dict[str, Any], families: Sequence[str], load_before: float
     if "gunicorn" not in families:
         pass
     elif gunicorn_has_asgi():
-        notes.append("gunicorn rows are gunicorn's own ASGI worker (`-k asgi`), master and worker counted.")
+        notes.append("gunicorn rows are gunicorn's own ASGI worker (`-k asgi`), master and workers counted.")
     else:
         notes.append("gunicorn with its asgi worker (`-k asgi`) is not installed: its rows are absent.")
     if "h2" in settings["scenarios"]:
@@ -296,19 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_load(cases, load, args.repeat, workdir, results["runs"])
             results["summary"] = report.summarize(results["runs"])
         if not args.no_startup:
-            for family in (f for f in FAMILIES if f in families):
-                if ((family == "granian" and granian_path() is None) or (family == "gunicorn" and not gunicorn_has_asgi())
-                        or family == "hypercorn"):  # hypercorn: in the HTTP/2 rows only
-                    continue
-                _progress(f"startup {family} ×{args.startup_runs} …")
-                spec = ServerSpec(family, http="httptools" if family in ("corral", "uvicorn") else "-",
-                                  cpus=server_cpus)
-                results["startup"].append(probes.startup(spec, args.startup_runs, workdir))
+            for workers in (1, PROBE_WORKERS):
+                for spec in probe_specs(families, workers, server_cpus if workers == 1 else multi_cpus):
+                    _progress(f"startup {spec.label} ×{args.startup_runs} …")
+                    results["startup"].append(probes.startup(spec, args.startup_runs, workdir))
         if not args.no_memory:
-            for spec in (ServerSpec("corral", workers=2, cpus=multi_cpus), ServerSpec("uvicorn", cpus=server_cpus)):
-                if spec.family in families:
-                    _progress(f"memory {spec.label} …")
-                    results["memory"].append(probes.memory(spec, load, workdir))
+            for spec in probe_specs(families, PROBE_WORKERS, multi_cpus):
+                _progress(f"memory {spec.label} …")
+                results["memory"].append(probes.memory(spec, load, workdir))
         if not args.no_sections:
             for name in sections.OPTIONAL:
                 _progress(f"section {name} …")
@@ -319,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress("interrupted: reporting what was measured")
         results["interrupted"] = True
         results["summary"] = report.summarize(results["runs"])
-    results["targets"] = report.targets(results["summary"], results["memory"]) if results["summary"] else []
+    results["targets"] = report.targets(results["summary"], results["memory"], results["startup"])
     results["notes"] = _notes(results["settings"], families, load_before, os.getloadavg()[0]) + pin_notes
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     load_after = os.getloadavg()[0]

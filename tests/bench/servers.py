@@ -8,8 +8,8 @@ and after a load run; divided by the requests wrk completed, that is the server'
 request — the figure that stays put when other work shares the machine, because time the
 server spends waiting for a CPU is not counted.
 
-Each start picks a free port, polls it with a real HTTP request until it answers 200 (with a
-deadline, failing early if the process exits), and every process of the tree is killed in
+Each start picks a free port, polls it every :data:`POLL_S` seconds with a real HTTP request
+until it answers 200 (with a deadline, failing early if the process exits), and every process of the tree is killed in
 :meth:`ServerProcess.stop`, which callers reach through ``with``.
 """
 
@@ -36,6 +36,16 @@ from tests.bench.wrk import pinned
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 APP_MODULE = "tests.bench.apps"
+POLL_S = 0.002
+"""Seconds between two readiness polls of a starting server (a refused connect costs ~50 µs)."""
+HELPERS = {
+    "multiprocessing.resource_tracker": "resource tracker",
+    "multiprocessing.semaphore_tracker": "semaphore tracker",
+    "multiprocessing.forkserver": "forkserver",
+}
+"""cmdline fragment → role of a process of a server tree that is neither master nor worker
+(uvicorn ``--workers N`` starts its workers with multiprocessing's spawn, which starts a
+resource tracker beside them)."""
 
 
 class ServerStartError(RuntimeError):
@@ -225,6 +235,57 @@ def answers_200_h2(port: int, path: str = "/", timeout: float = 1.0) -> bool:
         return False
 
 
+def role_of(proc: psutil.Process, root_pid: int | None, tree_size: int) -> str:
+    """``master`` (the root of a tree of several), ``process`` (a tree of one), a helper's name
+    (:data:`HELPERS`) or ``worker``."""
+    if proc.pid == root_pid:
+        return "master" if tree_size > 1 else "process"
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "worker"
+    return next((role for fragment, role in HELPERS.items() if fragment in cmdline), "worker")
+
+
+def http_request(port: int, method: str = "GET", path: str = "/", body: bytes = b"",
+                 headers: tuple[tuple[str, str], ...] = (), timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on a fresh connection (``Connection: close``): status, header fields
+    (names lower-cased, ``transfer-encoding`` kept) and the body, de-chunked when chunked."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{port}", "Connection: close",
+             *(f"{name}: {value}" for name, value in headers if name.lower() != "connection")]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    data = b""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError(f"incomplete response head ({len(data)} bytes)")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    found = {name.strip().lower(): value.strip() for name, _, value in (f.partition(":") for f in fields)}
+    if "chunked" in found.get("transfer-encoding", "").lower():
+        out = b""
+        while True:
+            size_line, sep, rest = rest.partition(b"\r\n")
+            if not sep:
+                raise ValueError("truncated chunked body")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            if len(rest) < size + 2 or rest[size:size + 2] != b"\r\n":
+                raise ValueError("malformed chunk")
+            out, rest = out + rest[:size], rest[size + 2:]
+        return status, found, out
+    if "content-length" in found:
+        length = int(found["content-length"])
+        if len(rest) != length:
+            raise ValueError(f"body of {len(rest)} bytes, content-length {length}")
+    return status, found, rest
+
+
 def _tree(root: psutil.Process) -> list[psutil.Process]:
     try:
         return [root, *root.children(recursive=True)]
@@ -245,8 +306,11 @@ def tree_cpu_seconds(root: psutil.Process) -> float:
 class ServerProcess:
     """A running server tree: start with a deadline, measure CPU and memory, stop for sure."""
 
-    def __init__(self, spec: ServerSpec, app_attr: str, logdir: Path) -> None:
+    def __init__(self, spec: ServerSpec, app_attr: str, logdir: Path, watch_workers: bool = False) -> None:
         self.spec = spec
+        # With watch_workers, start() also times when the tree first holds spec.workers workers.
+        self.watch_workers = watch_workers and spec.workers > 1
+        self.workers_spawned_s: float | None = None
         self.app_attr = app_attr
         self.logdir = logdir
         self.port = 0
@@ -292,17 +356,44 @@ class ServerProcess:
             self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                           cwd=ROOT, env=env, start_new_session=True)
         self.proc = psutil.Process(self.popen.pid)
+        self.workers_spawned_s = None
         end = spawned + timeout
         while True:
             if self.popen.poll() is not None:
                 raise self.failure(f"exited with {self.popen.returncode}")
+            self._watch(spawned)
             if self.spec.ready(self.port, timeout=0.5):
-                self.startup_s = time.perf_counter() - spawned
+                first_200 = self.startup_s = time.perf_counter() - spawned
                 self._remember()
-                return self.startup_s
+                break
             if time.perf_counter() > end:
                 raise self.failure(f"did not answer 200 within {timeout:.0f}s")
-            time.sleep(0.005)
+            time.sleep(POLL_S)
+        while self.watch_workers and self.workers_spawned_s is None and time.perf_counter() < end:
+            self.check_alive()
+            self._watch(spawned)
+            time.sleep(POLL_S)
+        return first_200
+
+    def _watch(self, spawned: float) -> None:
+        """With watch_workers, note the first time the tree holds spec.workers worker processes."""
+        if self.watch_workers and self.workers_spawned_s is None and len(self.workers()) >= self.spec.workers:
+            self.workers_spawned_s = time.perf_counter() - spawned
+
+    def workers(self) -> list[psutil.Process]:
+        """The live worker processes: the tree but its root and multiprocessing helpers."""
+        tree = self.processes()
+        return [p for p in tree if role_of(p, self.popen_pid, len(tree)) == "worker"]
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until the tree holds at least ``count`` worker processes (helpers not counted)."""
+        end = time.monotonic() + timeout
+        while len(self.workers()) < count:
+            self.check_alive()
+            if time.monotonic() > end:
+                raise ServerStartError(f"{self.spec.label}: {len(self.workers())} workers after "
+                                       f"{timeout:.0f}s, expected {count}")
+            time.sleep(0.01)
 
     def wait_processes(self, count: int, timeout: float = 30.0) -> None:
         """Wait until the tree has at least ``count`` processes (a master and its workers)."""
@@ -340,16 +431,13 @@ class ServerProcess:
         return tree_cpu_seconds(self.proc)
 
     def memory(self) -> list[dict[str, Any]]:
-        """RSS, PSS and USS (bytes) of every process of the tree, the root labelled ``master``."""
+        """RSS, PSS and USS (bytes) of every process of the tree, each with its role (:func:`role_of`)."""
         rows: list[dict[str, Any]] = []
         tree = self.processes()
         for proc in tree:
             with contextlib.suppress(psutil.Error):
                 info = proc.memory_full_info()
-                if proc.pid != self.popen_pid:
-                    role = "worker"
-                else:
-                    role = "master" if len(tree) > 1 else "process"
+                role = role_of(proc, self.popen_pid, len(tree))
                 rows.append({"pid": proc.pid, "role": role, "rss": info.rss,
                              "pss": getattr(info, "pss", None), "uss": getattr(info, "uss", None),
                              "cmdline": " ".join(proc.cmdline()[:6])})
