@@ -139,11 +139,17 @@ async def drive(scenario: str, requests: int, connections: int, access_log: bool
         protocol.connection_made(transport)  # type: ignore[arg-type]
         protocols.append(protocol)
 
+    def feed() -> None:
+        for protocol in protocols:
+            protocol.data_received(request)
+
     async def serve(count: int) -> None:
+        # Each pass feeds every connection from a loop callback, as the event loop calls a
+        # protocol's data_received (outside any task: an eager start runs the app there).
+        loop = asyncio.get_running_loop()
         for _ in range(count // connections):
-            for protocol in protocols:
-                protocol.data_received(request)
-            await asyncio.sleep(0)  # one loop pass: the request tasks run
+            loop.call_soon(feed)
+            await asyncio.sleep(0)  # one loop pass: the feed, and what it scheduled
 
     await serve(_WARMUP)
     started = time.process_time()
@@ -172,12 +178,16 @@ async def _drive_h2(state: Any, transports: list[CountingTransport], requests: i
     # Every pass's frames built before the clock starts (stream ids go up by 2 on a connection).
     frames = [_h2_frames(1 + 2 * H2_STREAMS * n, H2_STREAMS) for n in range(warmup_passes + passes)]
 
+    def feed(data: bytes) -> None:
+        for protocol in protocols:
+            protocol.data_received(data)
+
     async def serve(first: int, count: int) -> None:
+        # Fed from a loop callback, outside any task, as the event loop calls data_received.
+        loop = asyncio.get_running_loop()
         for n in range(first, first + count):
-            data = frames[n]
-            for protocol in protocols:
-                protocol.data_received(data)
-            await asyncio.sleep(0)  # one loop pass: the request tasks run (the flush follows in the next)
+            loop.call_soon(feed, frames[n])
+            await asyncio.sleep(0)  # one loop pass: the feed, and what it scheduled
 
     await serve(0, warmup_passes)
     started = time.process_time()
@@ -213,22 +223,30 @@ def _inner(args: argparse.Namespace) -> None:
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-def _count(scenario: str, requests: int, args: argparse.Namespace, valgrind: str) -> int:
+def count(scenario: str, requests: int, *, valgrind: str, connections: int = 8, http: str = "httptools",
+          access_log: bool = False, metrics: bool = False, env: dict[str, str] | None = None) -> int:
+    """Instructions callgrind counts for one run of ``requests`` requests (start-up included):
+    the difference of two such runs, N and 2 N, over N is the figure per request."""
     with tempfile.NamedTemporaryFile("r", suffix=".valgrind") as log:
         command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log.name}",
                    sys.executable, "-m", "tests.bench.instructions", "--inner", "--scenario", scenario,
-                   "--requests", str(requests), "--connections", str(args.connections), "--http", args.http]
-        if args.access_log:
+                   "--requests", str(requests), "--connections", str(connections), "--http", http]
+        if access_log:
             command.append("--access-log")
-        if args.metrics:
+        if metrics:
             command.append("--metrics")
         done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              check=False, timeout=1800)
+                              check=False, timeout=1800, env=env)
         report = log.read()
     found = _COLLECTED.search(report)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"valgrind run failed ({done.returncode}):\n{done.stderr[-2000:]}{report[-2000:]}")
     return int(found.group(1))
+
+
+def _count(scenario: str, requests: int, args: argparse.Namespace, valgrind: str) -> int:
+    return count(scenario, requests, valgrind=valgrind, connections=args.connections, http=args.http,
+                 access_log=args.access_log, metrics=args.metrics)
 
 
 def main(argv: list[str] | None = None) -> None:
