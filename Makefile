@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-zero lint setup system-tools clean
+.PHONY: run test bench bench-check bench-zero lint setup system-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: setup system-tools
 bench: setup system-tools
 	$(BIN)/pip install --quiet -e '.[standard,test,bench]' hypercorn
 	$(BIN)/python -m tests.bench.run
+
+# The hot path's instructions per request (valgrind) against tests/bench/baseline.json: fails when a
+# case costs more than the baseline beyond the tolerance (docs/BENCH_CHECK.md; --update lowers it).
+bench-check: setup system-tools
+	$(BIN)/python -m tests.bench.check
 
 bench-zero: setup
 	$(BIN)/pip install --quiet -e '.[standard,test,bench]'

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system programs the integration tests drive, when they are missing and we are root.
+# Installs the system programs the integration tests drive (and valgrind, which counts the hot path's
+# instructions for make bench-check and tests/test_bench_check.py), when they are missing and we are root.
 set -u
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -8,6 +9,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "install-system-tools: missing ${need[*]} (not root or no apt-get: tests needing them will say so)" >&2
