@@ -45,7 +45,7 @@ TOLERANCE = 0.02
 # Another Python build, package version, glibc or CPU kind: counts move by themselves (measured in
 # docs/BENCH_CHECK.md); only a regression larger than this is told apart from that.
 MISMATCH_TOLERANCE = 0.10
-REQUESTS = 20000
+REQUESTS = 5000
 CONNECTIONS = 8
 
 
