@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from daemon import pidfile, pool
+from daemon import pidfile, pool, spawn
 from daemon.actions import Action
 from daemon.listeners import Listener, ListenerError, close_listeners, open_listeners
 from daemon.master_state import MasterState
@@ -301,6 +301,7 @@ class Arbiter:
                         "new workers run the same code (use USR2 to load new code)")
         self.pool.notify.reloading()
         self._reconfigure_logs(new)
+        spawn.prepare(new.server_settings())  # a new --http, --loop or --ws: its modules too
         self.pool.start_roll(new, Reason.HUP.value)
         action.generation = self.pool.generation
         return action
@@ -532,6 +533,7 @@ def run_master(config: Config, *, notify: Notifier | None = None) -> int:
             log.info("listening", address=listener.url(scheme), inherited=listener.inherited)
             say(f"listening on {listener.url(scheme)}")
         app = preload(config) if config.preload else None
+        spawn.prepare(config.server_settings())
         if config.pid:
             try:
                 pidfile.write(config.pid)

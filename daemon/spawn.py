@@ -6,12 +6,18 @@ The parent gets the child's PID and the read end of its control pipe. The
 child leaves the master's world behind before it serves: default signal
 dispositions (the master's handlers would record into the master's memory and
 write to its wake-up pipe), no master-only descriptors (other workers' pipes,
-the wake-up pipe, the selector), then ``server_core.worker.serve`` — imported
-only here, in the child, so the master never loads the app or the protocols.
+the wake-up pipe, the selector), then ``server_core.worker.serve``.
+
+Before its first fork the master loads the serving stack (:func:`prepare`:
+the event loop, the parser, the protocols, the log stack), so the workers
+share those pages instead of each importing them; importing ``daemon``'s own
+modules still loads none of it (``corralctl`` and the CLI stay light). The
+application is imported in the workers only, unless ``--preload``.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -45,6 +51,10 @@ def spawn_worker(settings: ServerSettings, sockets: Sequence[socket], *,
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
+    # Everything the master holds now is frozen out of the collector's sight:
+    # a collection in the worker would otherwise write to every object's
+    # header and unshare the pages they live on (copy-on-write).
+    gc.freeze()
     pid = os.fork()
     if pid:
         os.close(write_fd)
@@ -99,20 +109,50 @@ def _reset_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+_libc_prctl: Any = None
+
+
+def _prctl() -> Any:
+    """libc's ``prctl`` (Linux), loaded once: in the master, before it forks (see :func:`prepare`)."""
+    global _libc_prctl
+    if _libc_prctl is None:
+        _libc_prctl = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                _libc_prctl = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                pass
+    return _libc_prctl or None
+
+
+def prepare(settings: ServerSettings) -> None:
+    """Load, in the master before its first fork, what every worker needs before it serves.
+
+    Done once here, it sits in pages the workers share instead of being
+    built again in each of them (and a worker starts sooner): libc's
+    ``prctl`` for :func:`_die_with`, and the modules of the serving stack
+    (``server_core.worker.warm``; the application itself only with ``--preload``).
+    """
+    from server_core.worker import warm
+
+    _prctl()
+    warm(settings)
+
+
 def _die_with(master: int) -> None:
     """Have the kernel send SIGTERM (a graceful stop) if the master dies (Linux).
 
     Without it a SIGKILLed master leaves its workers serving forever, owned
     by nobody. Elsewhere this is a no-op.
     """
-    if not sys.platform.startswith("linux"):
+    prctl = _prctl()
+    if prctl is None:
         return
-    import ctypes
-
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except OSError:
         return
     if os.getppid() != master:  # the master died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)

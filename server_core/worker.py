@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -62,6 +63,32 @@ def serve(settings: ServerSettings, sockets: Sequence[socket.socket], *,
     """
     runtime = WorkerRuntime(settings, sockets, control=control, app=app)
     return runtime.run(install_signals=install_signals)
+
+
+def warm(settings: ServerSettings) -> None:
+    """Import the modules a worker with ``settings`` loads before its first request.
+
+    Called by a master before it forks: the modules (the event loop, the
+    parser, the protocols, the log stack) are then loaded once, in pages
+    every worker shares, instead of once in each worker; and a worker starts
+    without importing them. The application is not imported (that is
+    ``--preload``): a HUP still loads the new code of the app. An upgrade of
+    corral itself goes through USR2, which starts a new master.
+    Import failures are left to the worker, which reports them as it does today.
+    """
+    try:
+        loops.loop_factory(settings.loop)
+        from server_core import logs  # noqa: F401  (the log stack: structlog)
+        from server_core.http import make_parser, protocol
+
+        make_parser(settings)
+        protocol.websocket_handoff()
+        if settings.http2:
+            from server_core.http import h2  # noqa: F401
+        if settings.proxy_protocol:
+            from server_core import proxy_gate  # noqa: F401
+    except (ImportError, loops.LoopUnavailable):
+        return
 
 
 class WorkerRuntime:
@@ -162,6 +189,10 @@ class WorkerRuntime:
         except LifespanFailed as exc:
             return self._boot_failed(exc.message)
         state.app_state = lifespan.state
+        # What exists now (the app, its modules, what its startup built) lives
+        # as long as the worker: out of the collector's sight, so its full
+        # collections walk only what requests create.
+        gc.freeze()
         if not self.stopping:
             try:
                 await self._start_servers(state)
