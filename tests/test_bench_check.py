@@ -48,6 +48,13 @@ def test_tolerance_is_a_parameter() -> None:
     assert _verdicts(verdict) == {"hello": "ok"}
 
 
+def test_the_clock_reading_cases_have_their_own_tolerance() -> None:
+    verdict = check.compare(_baseline(hello=100_000, **{"hello+access-log": 100_000}),
+                            {"hello": 103_000, "hello+access-log": 103_000}, ENV)
+    assert _verdicts(verdict) == {"hello": "REGRESSION", "hello+access-log": "ok"}
+    assert [row.tolerance for row in verdict.rows] == [0.02, 0.04]
+
+
 def test_a_case_without_baseline_or_a_failed_run_fails() -> None:
     verdict = check.compare(_baseline(hello=100_000), {"hello": 100_000, "h2": 90_000, "echo": None}, ENV)
     assert _verdicts(verdict) == {"hello": "ok", "h2": "NO BASELINE", "echo": "FAILED"}
