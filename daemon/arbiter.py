@@ -91,9 +91,17 @@ class Arbiter:
         # For corralctl status and the metrics: this image, and the process across USR2 re-execs.
         self.image_started = time.time()
         self.image_id = f"{os.getpid()}-{time.time_ns()}"
-        self.process_started = process_start_time()
         # A HUP that arrived during the USR2 roll: applied once that roll ends.
         self._deferred_reload: Action | None = None
+        self._process_started: float | None = None
+
+    @property
+    def process_started(self) -> float:
+        """When this process started (the same across USR2 re-execs); read when first asked
+        (psutil is not imported on the way to the first worker)."""
+        if self._process_started is None:
+            self._process_started = process_start_time()
+        return self._process_started
 
     # -- setup ---------------------------------------------------------------
 

@@ -7,7 +7,6 @@ click parses and type-checks what was typed; everything else (environment,
 
 from __future__ import annotations
 
-import platform
 import sys
 from typing import Any
 
@@ -59,6 +58,8 @@ def _click_option(opt: Option) -> click.Option:
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
+    import platform
+
     click.echo(f"corral {__version__} with {platform.python_implementation()} "
                f"{platform.python_version()} on {platform.system()}")
     ctx.exit(0)

@@ -25,11 +25,6 @@ from daemon.option_types import OptionAttributes
 from daemon.options import BY_NAME, OPTIONS, Option, split_ips, worker_slice
 from server_core.settings import ServerSettings
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 TRUE = {"1", "true", "yes", "on", "y", "t"}
 FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
@@ -116,6 +111,11 @@ def convert(opt: Option, raw: Any, source: str) -> Any:
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Read a ``--config`` TOML file into ``{option name: value}`` (plus ``app``)."""
+    # Imported here: a start without --config does not pay for the TOML parser.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.config
 import os
 from typing import Any
 
@@ -15,6 +14,8 @@ def apply_log_config(path: str) -> set[str]:
     """Apply a .json/.yaml/.yml (dictConfig) or other (fileConfig) file; the logger names it configures."""
     if not os.path.isfile(path):
         raise ValueError(f"--log-config {path}: no such file")
+    import logging.config  # only with --log-config
+
     lower = path.lower()
     try:
         if lower.endswith((".json", ".yaml", ".yml")):
