@@ -10,7 +10,6 @@ source (flag, variable, or file and key), what was given and what is allowed.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import sys
@@ -109,6 +108,13 @@ def convert(opt: Option, raw: Any, source: str) -> Any:
     return value
 
 
+def _close_match(name: str, names: list[str]) -> list[str]:
+    """The known name closest to a misspelt one, for "did you mean" (difflib, imported only then)."""
+    import difflib
+
+    return difflib.get_close_matches(name, names, n=1)
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """Read a ``--config`` TOML file into ``{option name: value}`` (plus ``app``)."""
     # Imported here: a start without --config does not pay for the TOML parser.
@@ -137,7 +143,7 @@ def read_config_file(path: str) -> dict[str, Any]:
             values["app"] = raw
             continue
         if name == "config" or name not in BY_NAME:
-            hint = difflib.get_close_matches(name, list(BY_NAME), n=1)
+            hint = _close_match(name, list(BY_NAME))
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{path}: unknown key '{key}'{suggestion}")
         values[name] = convert(BY_NAME[name], raw, f"{path}: key '{key}'")
@@ -249,7 +255,7 @@ def build_config(command_line: Mapping[str, Any], env: Mapping[str, str] | None 
     for name, raw in command_line.items():
         opt = BY_NAME.get(name)
         if opt is None:
-            hint = difflib.get_close_matches(name.replace("-", "_"), [o.attr for o in OPTIONS], n=1)
+            hint = _close_match(name.replace("-", "_"), [o.attr for o in OPTIONS])
             raise ConfigError(f"unknown option '{name.replace('-', '_')}'"
                               + (f" (did you mean '{hint[0]}'?)" if hint else ""))
         values[name] = convert(opt, raw, source if source != "command line" else opt.flag)

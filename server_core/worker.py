@@ -31,7 +31,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from email.utils import formatdate
 from typing import Any
 
 from server_core import importer, loops, tls
@@ -63,6 +62,21 @@ def serve(settings: ServerSettings, sockets: Sequence[socket.socket], *,
     """
     runtime = WorkerRuntime(settings, sockets, control=control, app=app)
     return runtime.run(install_signals=install_signals)
+
+
+_WEEKDAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
+
+
+def http_date(when: float) -> bytes:
+    """``when`` as an HTTP date (RFC 9110 §5.6.7 IMF-fixdate): ``Sun, 06 Nov 1994 08:49:37 GMT``.
+
+    English names whatever the locale; written here rather than taken from
+    ``email.utils`` (whose import costs every worker's start 2 ms).
+    """
+    t = time.gmtime(when)
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
 
 
 def warm(settings: ServerSettings) -> None:
@@ -295,7 +309,7 @@ class WorkerRuntime:
     def _tick_date(self, state: ServerState) -> None:
         """Refresh the encoded Date header once a second, at the second's edge."""
         now = time.time()
-        state.date_header = [(b"date", formatdate(now, usegmt=True).encode("latin-1"))]
+        state.date_header = [(b"date", http_date(now))]
         if self._loop is not None:
             delay = 1.0 - (now % 1.0) + 0.001
             self._timers["date"] = self._loop.call_later(delay, self._tick_date, state)

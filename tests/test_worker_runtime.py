@@ -477,3 +477,14 @@ def read_until_eof(conn: socket.socket) -> bytes:
     while chunk := conn.recv(65536):
         data += chunk
     return data
+
+
+def test_http_date_is_the_imf_fixdate_in_english_whatever_the_locale() -> None:
+    """The Date header's text: the same as email.utils.formatdate(usegmt=True) across a range of dates."""
+    from email.utils import formatdate
+
+    from server_core.worker import http_date
+
+    assert http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"  # RFC 9110 §5.6.7's example
+    for when in (0, 951782400, 1709164800.9, 1767225599, 4102444800, *range(1600000000, 1700000000, 2345678)):
+        assert http_date(when) == formatdate(when, usegmt=True).encode(), when
