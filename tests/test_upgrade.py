@@ -241,6 +241,10 @@ def test_usr2_under_supervisord_keeps_the_same_child(procs, src: Path, tmp_path:
     master = int(ctl("pid", "corral"))
     wait_until(lambda: (tmp_path / "corral.log").read_text().count("worker_ready") >= 2, 20, "two ready workers",
                alive=sv.dead)
+    # supervisord calls the program RUNNING once it has lived startsecs (1 s): corral may serve
+    # sooner, and the whole upgrade below can fit in that second.
+    wait_until(lambda: "RUNNING" in ctl("status", "corral"), 20, "supervisord calling corral RUNNING",
+               alive=sv.dead)
     old_workers = children(master)
     write_version(src, "2")
     with Load(url, clients=4, duration=120) as load:
