@@ -20,9 +20,9 @@ import os
 
 def write(path: str, pid: int | None = None) -> None:
     """Atomically make ``path`` contain ``pid`` (default: this process) and a newline."""
-    pid = os.getpid() if pid is None else pid
     import tempfile  # only with --pid
 
+    pid = os.getpid() if pid is None else pid
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".corral-pid-", dir=directory)
     try:

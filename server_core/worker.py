@@ -88,7 +88,8 @@ def warm(settings: ServerSettings) -> None:
     without importing them. The application is not imported (that is
     ``--preload``): a HUP still loads the new code of the app. An upgrade of
     corral itself goes through USR2, which starts a new master.
-    Import failures are left to the worker, which reports them as it does today.
+    Any failure here is left to the worker, which meets it again and reports it
+    as a failed boot (a missing package, an unusable loop): the master goes on.
     """
     try:
         loops.loop_factory(settings.loop)
@@ -101,7 +102,7 @@ def warm(settings: ServerSettings) -> None:
             from server_core.http import h2  # noqa: F401
         if settings.proxy_protocol:
             from server_core import proxy_gate  # noqa: F401
-    except (ImportError, loops.LoopUnavailable):
+    except Exception:  # the worker meets it again and reports it (see above)
         return
 
 
