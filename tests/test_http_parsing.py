@@ -296,6 +296,24 @@ def test_header_values_trimmed_and_names_lowercased(make) -> None:
 
 
 @pytest.mark.parametrize("split", ["whole", "byte-by-byte"])
+def test_every_field_kept_in_order_names_sent_twice_included(make, split: str) -> None:
+    """A name sent twice (same case or not) keeps both lines, in order, on every parser; so
+    does a browser-sized head, and the next keep-alive request starts afresh."""
+    fields = [b"Host: a", b"Cookie: a=1", b"Accept: */*", b"cookie: b=2", b"X-Trail: v \t", b"Cookie: c=3"]
+    big = [b"Host: b"] + [b"X-F%d: %d" % (i, i) for i in range(40)]
+    data = req(*fields) + req(*big) + req(b"Host: c", b"A: 1", b"a: 2")
+    chunks = [data] if split == "whole" else [data[i:i + 1] for i in range(len(data))]
+    parser = make()
+    heads = [event for chunk in chunks for event in parser.feed(chunk) if isinstance(event, RequestHead)]
+    assert [head.headers for head in heads] == [
+        [(b"host", b"a"), (b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2"), (b"x-trail", b"v"),
+         (b"cookie", b"c=3")],
+        [(b"host", b"b")] + [(b"x-f%d" % i, b"%d" % i) for i in range(40)],
+        [(b"host", b"c"), (b"a", b"1"), (b"a", b"2")],
+    ]
+
+
+@pytest.mark.parametrize("split", ["whole", "byte-by-byte"])
 def test_forwarded_fields_collected_in_order(make, split: str) -> None:
     """Every X-Forwarded-* line, any case, in order; X-Forwarded-For values keep their case."""
     raw = (b"GET / HTTP/1.1\r\nX-Forwarded-Proto: HTTPS\r\nHost: a\r\nX-FORWARDED-FOR: 2001:DB8::1 \r\n"
