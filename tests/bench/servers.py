@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -387,23 +388,22 @@ class ServerProcess:
 
     def wait_workers(self, count: int, timeout: float = 30.0) -> None:
         """Wait until the tree holds at least ``count`` worker processes (helpers not counted)."""
-        end = time.monotonic() + timeout
-        while len(self.workers()) < count:
-            self.check_alive()
-            if time.monotonic() > end:
-                raise ServerStartError(f"{self.spec.label}: {len(self.workers())} workers after "
-                                       f"{timeout:.0f}s, expected {count}")
-            time.sleep(0.01)
+        self._wait_for(lambda: len(self.workers()), count, "workers", timeout, interval=0.01)
 
     def wait_processes(self, count: int, timeout: float = 30.0) -> None:
         """Wait until the tree has at least ``count`` processes (a master and its workers)."""
+        self._wait_for(lambda: len(self.processes()), count, "processes", timeout, interval=0.05)
+
+    def _wait_for(self, counted: Callable[[], int], count: int, what: str, timeout: float, *,
+                  interval: float) -> None:
+        """Poll ``counted()`` until it reaches ``count``; :class:`ServerStartError` if the root dies or
+        ``timeout`` passes first."""
         end = time.monotonic() + timeout
-        while len(self.processes()) < count:
+        while (found := counted()) < count:
             self.check_alive()
             if time.monotonic() > end:
-                raise ServerStartError(f"{self.spec.label}: {len(self.processes())} processes after "
-                                       f"{timeout:.0f}s, expected {count}")
-            time.sleep(0.05)
+                raise ServerStartError(f"{self.spec.label}: {found} {what} after {timeout:.0f}s, expected {count}")
+            time.sleep(interval)
 
     def check_alive(self) -> None:
         """Raise :class:`ServerStartError` if the root process has exited."""
