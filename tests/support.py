@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -31,16 +31,21 @@ def deadline(seconds: float) -> float:
     return time.monotonic() + seconds * FACTOR
 
 
+def cannot_run(message: str, *, required: bool = REQUIRE_ALL) -> NoReturn:
+    """Skip a test whose tool or facility is missing, naming it in ``message``; fail instead when
+    ``required`` (CORRAL_REQUIRE_ALL=1: CI installs everything a test needs)."""
+    if required:
+        pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
+    pytest.skip(message)
+
+
 def require_tool(name: str, *candidates: str) -> str:
     """Path of a program the test needs; skip naming it, or fail under CORRAL_REQUIRE_ALL=1."""
     for candidate in (name, *candidates):
         found = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
         if found:
             return found
-    message = f"{name} is not installed (make test installs it as root with apt-get)"
-    if REQUIRE_ALL:
-        pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
-    pytest.skip(message)
+    cannot_run(f"{name} is not installed (make test installs it as root with apt-get)")
 
 
 def require_module(name: str) -> Any:
@@ -51,10 +56,8 @@ def require_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ImportError:
-        message = f"the Python package {name!r} is not installed (make test installs it: pip install -e '.[test]')"
-    if REQUIRE_ALL:
-        pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
-    pytest.skip(message)
+        pass
+    cannot_run(f"the Python package {name!r} is not installed (make test installs it: pip install -e '.[test]')")
 
 
 def bound_socket(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:

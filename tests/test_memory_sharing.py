@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Corral, require_module, wait_until, worker_pids
+from tests.support import Corral, cannot_run, require_module, wait_until, worker_pids
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,8 +34,9 @@ def importers(log: Path) -> set[int]:
     return {int(line) for line in log.read_text().split()} if log.exists() else set()
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
 def test_master_loads_the_serving_stack_before_forking(corral: Start, tmp_path: Path) -> None:
+    if not Path("/proc/self/maps").exists():
+        cannot_run("/proc/PID/maps is missing (not Linux): the mapped modules cannot be read")
     require_module("uvloop")
     require_module("httptools")
     log = tmp_path / "imports.log"

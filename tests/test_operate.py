@@ -26,8 +26,8 @@ import pytest
 from tests.support import (
     APPS,
     FACTOR,
-    REQUIRE_ALL,
     Corral,
+    cannot_run,
     deadline,
     free_port,
     require_tool,
@@ -498,10 +498,7 @@ def test_a_second_term_ends_the_delay(corral: Start, tmp_path: Path) -> None:
 def test_as_pid_1_orphans_are_reaped_quietly_and_never_counted(procs: Callable[..., Any], tmp_path: Path) -> None:
     unshare = require_tool("unshare")
     if os.geteuid() != 0:
-        message = "unshare --pid needs root"
-        if REQUIRE_ALL:
-            pytest.fail(message + "; CORRAL_REQUIRE_ALL=1 forbids skipping")
-        pytest.skip(message)
+        cannot_run("unshare --pid needs root")
     port, metrics = free_port(), free_port()
     proc = procs([unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-m", "daemon", "orphan_app:app",
                   "--app-dir", str(APPS), "--workers", "2", "--port", str(port), "--log-level", "debug",

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 
 import httpx
@@ -73,9 +72,13 @@ def test_uds_mode_above_0o777_is_refused(tmp_path: Path, mode: str) -> None:
 
 
 def test_loop_zuvloop_without_the_package_names_it(tmp_path: Path) -> None:
-    if find_spec("zuvloop") is not None:
-        pytest.skip("zuvloop is installed here")
-    line = refused(tmp_path, "--loop", "zuvloop")
+    # Missing even where it is installed: the child starts with sys.modules["zuvloop"] = None, which
+    # both find_spec() (the master's check) and import (the worker's) take for "not installed".
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sitecustomize.py").write_text('import sys\nsys.modules["zuvloop"] = None\n')
+    path = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
+    line = refused(tmp_path, "--loop", "zuvloop", env={"PYTHONPATH": path})
     assert "--loop zuvloop" in line and "pip install zuvloop" in line, line
     assert "corral[standard]" not in line, "the [standard] extra does not bring zuvloop"
 

@@ -23,7 +23,17 @@ from daemon import systemd
 from daemon.config import Config
 from daemon.listeners import ListenerError, address_key, close_listeners, implicit_bind, open_listeners
 from tests.apps.sd_harness import NotifySocket
-from tests.support import APPS, FACTOR, REQUIRE_ALL, ROOT, Proc, free_port, require_tool, wait_until
+from tests.support import (
+    APPS,
+    FACTOR,
+    REQUIRE_ALL,
+    ROOT,
+    Proc,
+    cannot_run,
+    free_port,
+    require_tool,
+    wait_until,
+)
 
 UNITS = ROOT / "systemd"
 
@@ -296,10 +306,8 @@ def test_socket_units_key_settings() -> None:
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        message = "systemd-analyze is not installed; the unit files were checked by configparser only"
-        if REQUIRE_ALL and Path("/usr/lib/systemd").is_dir():
-            pytest.fail(message + " (but systemd is on this machine)")
-        pytest.skip(message)
+        cannot_run("systemd-analyze is not installed; the unit files were checked by configparser only",
+                   required=REQUIRE_ALL and Path("/usr/lib/systemd").is_dir())
     corral = shutil.which("corral", path=str(Path(sys.executable).parent)) or sys.executable
     for name in ("corral.socket", "corral.service", "corral@.socket", "corral@.service"):
         text = (UNITS / name).read_text().replace("/usr/local/bin/corral", corral)
