@@ -139,7 +139,8 @@ def test_a_stale_pid_file_is_taken_over(corral: Start, procs: Callable[..., Proc
     else:
         # A live process that is not a corral master, started before the file was written.
         pid = procs([sys.executable, "-c", "import time; time.sleep(120)"], name="sleeper").pid
-        time.sleep(0.05)
+        # Past its exec: until then the child still shows the test's own command line.
+        wait_until(lambda: "time.sleep(120)" in " ".join(psutil.Process(pid).cmdline()), 10, "the sleeper running")
     pid_path.write_text(f"{pid}\n")
     proc = corral("guard_app:app", "--pid", str(pid_path))
     wait_until(lambda: pid_path.read_text() == f"{proc.pid}\n", 10, "the PID file taken over", alive=proc.dead)

@@ -358,7 +358,10 @@ def test_a_full_stop_closes_gates_that_received_nothing() -> None:
         port = server.sockets[0].getsockname()[1]
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            end = loop.time() + TIMEOUT
+            while not state.connections and loop.time() < end:
+                await asyncio.sleep(0.001)  # until the server side has its connection_made
             waiting = len(state.connections)
             for conn in list(state.connections):
                 conn.shutdown(False)

@@ -5,8 +5,8 @@ Routes:
   raises; then one line ``raised <time.monotonic()> <exception class> <is OSError>``
   goes to the file named by ``$SSE_RECORD``, and the exception propagates (as
   from a StreamingResponse);
-- ``/poll``: waits in ``receive()`` for ``http.disconnect``, records
-  ``disconnect``, then answers: ``poll-raised <class> <is OSError>`` if
+- ``/poll``: records ``waiting``, waits in ``receive()`` for ``http.disconnect``,
+  records ``disconnect``, then answers: ``poll-raised <class> <is OSError>`` if
   ``send()`` raised (re-raised), else ``poll-sent``;
 - anything else: ``hello`` (for the pipelining flood).
 """
@@ -46,6 +46,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             _record(f"raised {time.monotonic()} {type(exc).__name__} {isinstance(exc, OSError)}")
             raise
     elif path == "/poll":
+        _record("waiting")
         while (await receive())["type"] != "http.disconnect":
             pass
         _record("disconnect")
