@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import APPS, FACTOR, Corral, bound_socket, require_tool, wait_until
+from tests.support import APPS, FACTOR, Corral, bound_socket, require_tool, tls_files, wait_until
 
 Start = Callable[..., Corral]
 
@@ -217,13 +217,7 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout(serve: Start) ->
 
 
 def test_tls_with_a_throwaway_ca(serve: Start, tmp_path: Path) -> None:
-    import trustme as trustme
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(cafile))
+    certfile, keyfile, cafile = tls_files(tmp_path)
     server = serve("int_echo:app", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile), wait=False)
     context = ssl.create_default_context(cafile=str(cafile))
     url = f"https://127.0.0.1:{server.port}/whoami"

@@ -287,28 +287,39 @@ def test_tls_starts_after_the_header(tmp_path: Path, corral: Callable[..., Corra
         raw.close()
 
 
-def tls_answer(tls: ssl.SSLObject, incoming: ssl.MemoryBIO, raw: socket.socket) -> bytes:
-    """Everything ``tls`` reads until the server's close_notify (or the connection's end).
+def decrypted(tls: ssl.SSLObject) -> tuple[bytes, bool]:
+    """What ``tls`` has decrypted so far, and True once the server's TLS has ended (a close_notify,
+    or the connection's end).
 
     After a close_notify ``SSLObject.read()`` returns ``b""`` on every call
     instead of raising: a loop that only stops on an exception spins forever
     there (what hung this test until pytest-timeout once).
     """
-    answer = b""
+    got = b""
     while True:
         try:
             chunk = tls.read(65536)
         except ssl.SSLWantReadError:
-            data = receive(raw, "the response")
-            if not data:
-                return answer  # closed without a close_notify
-            incoming.write(data)
-            continue
+            return got, False
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return answer
+            return got, True
         if not chunk:
-            return answer  # the close_notify
-        answer += chunk
+            return got, True  # the close_notify
+        got += chunk
+
+
+def tls_answer(tls: ssl.SSLObject, incoming: ssl.MemoryBIO, raw: socket.socket) -> bytes:
+    """Everything ``tls`` reads until the server's close_notify (or the connection's end)."""
+    answer = b""
+    while True:
+        got, ended = decrypted(tls)
+        answer += got
+        if ended:
+            return answer
+        data = receive(raw, "the response")
+        if not data:
+            return answer  # closed without a close_notify
+        incoming.write(data)
 
 
 # -- the head timeout, in-process on the real gate -----------------------------------
@@ -443,19 +454,14 @@ def test_tls_after_the_header_at_every_cut_of_the_reads(loop: str, split: str) -
             writer.write(outgoing.read())  # the client's Finished and the data in one read
             answer = b""
             while True:
-                try:
-                    chunk = tls.read(65536)
-                except ssl.SSLWantReadError:
-                    data = await from_server("the answer")
-                    if not data:
-                        return answer
-                    incoming.write(data)
-                    continue
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                got, ended = decrypted(tls)
+                answer += got
+                if ended:
                     return answer
-                if not chunk:
-                    return answer  # the close_notify
-                answer += chunk
+                data = await from_server("the answer")
+                if not data:
+                    return answer
+                incoming.write(data)
         finally:
             writer.close()
             server.close()

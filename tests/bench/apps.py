@@ -22,6 +22,9 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+# Startup and shutdown answered at once, so every server sees a well-behaved app.
+from tests.apps.plain_lifespan import lifespan as _lifespan
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -47,17 +50,6 @@ _TEXT_HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"content-length", str(len(HELLO_BODY)).encode()),
 ]
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Answer startup and shutdown so every server sees a well-behaved app."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
