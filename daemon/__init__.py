@@ -30,7 +30,7 @@ def launch(config: Config) -> int:
         from daemon.reloader import run_reloader
 
         return run_reloader(config)
-    from daemon.arbiter import run_master
+    from daemon.master import run_master
 
     return run_master(config)
 

@@ -147,7 +147,7 @@ def run_reloader(config: Config) -> int:
     if not isinstance(config.app, str):
         print("corral: error: --reload needs the app as an import string such as 'main:app'", file=sys.stderr)
         return 2
-    from daemon.arbiter import run_master
+    from daemon.master import run_master
 
     # Until the arbiter installs its HUP handler, a change must not kill the
     # master with SIGHUP's default action; the first workers import the

@@ -38,7 +38,7 @@ _PRIVATE_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
 # Master modules the check imports, so a syntax error in the new install is caught before exec.
 MASTER_MODULES = ("daemon.config", "daemon.cli", "daemon.listeners", "daemon.handoff", "daemon.workers",
                   "daemon.master_state", "daemon.spawn", "daemon.pidfile", "daemon.systemd", "daemon.reloader",
-                  "daemon.pool", "daemon.arbiter", "server_core.worker")
+                  "daemon.pool", "daemon.arbiter", "daemon.master", "server_core.worker")
 
 
 def _check_env() -> dict[str, str]:

@@ -88,7 +88,7 @@ def test_listeners_are_prepared_in_one_module() -> None:
     """daemon.listeners decides everything about listeners and imports no other daemon module;
     systemd and the upgrade only hand it sockets, and nobody else reads an fd:// address."""
     assert daemon_imports("daemon/listeners.py") == set()
-    for rel in ("daemon/systemd.py", "daemon/upgrade.py", "daemon/handoff.py", "daemon/arbiter.py"):
+    for rel in ("daemon/systemd.py", "daemon/upgrade.py", "daemon/handoff.py", "daemon/arbiter.py", "daemon/master.py"):
         source = (ROOT / rel).read_text()
         for private in ("_adopt(", "adopt_fd(", "_bind_tcp(", "_bind_unix("):
             assert private not in source, f"{rel} calls {private!r}: listeners are prepared in daemon/listeners.py"

@@ -45,14 +45,14 @@ MASTER_OPTIONS = {
     "workers": "daemon/pool.py",
     "env-file": "daemon/config.py",
     "config": "daemon/config.py",
-    "pid": "daemon/arbiter.py",
-    "preload": "daemon/arbiter.py",
+    "pid": "daemon/master.py",
+    "preload": "daemon/master.py",
     "timeout-worker-boot": "daemon/pool.py",
     "limit-worker-memory": "daemon/pool.py",
     "limit-max-requests": "daemon/pool.py",  # jittered per worker, then in its settings
     "limit-max-requests-jitter": "daemon/pool.py",
-    "control-socket": "daemon/arbiter.py",
-    "metrics-bind": "daemon/arbiter.py",
+    "control-socket": "daemon/master.py",
+    "metrics-bind": "daemon/master.py",
     "shutdown-delay": "daemon/arbiter.py",
 }
 
