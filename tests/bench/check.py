@@ -56,15 +56,9 @@ class Case:
     http: str = "httptools"
     access_log: bool = False
     metrics: bool = False
-    # A cap on N for a case whose driver cannot serve more (none today: the h2 driver replaces
-    # its connections every 3000 streams, under corral's GOAWAY at 3712).
-    max_requests: int | None = None
     # Same environment; the access log and the metrics read the clock, and their figure moved by up
     # to 1.5 % and 1.0 % between runs of the same tree (docs/BENCH_CHECK.md).
     tolerance: float = 0.0  # 0: TOLERANCE
-
-    def requests(self, requests: int) -> int:
-        return min(requests, self.max_requests) if self.max_requests else requests
 
 
 # What a worker serves by default, the HTTP/2 path, and the options that put work on every request.
@@ -285,16 +279,15 @@ def measure(names: Iterable[str], requests: int, valgrind: str, *, workers: int 
             return None
 
     # The long runs (2 N) first, so that the last to finish are short ones.
-    jobs = [(name, 2 * CASES[name].requests(requests)) for name in names if name not in broken]
-    jobs += [(name, CASES[name].requests(requests)) for name in names if name not in broken]
+    jobs = [(name, 2 * requests) for name in names if name not in broken]
+    jobs += [(name, requests) for name in names if name not in broken]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {job: pool.submit(run, *job) for job in jobs}
         counts = {job: future.result() for job, future in futures.items()}
     figures: dict[str, float | None] = {}
     for name in names:
-        n = CASES[name].requests(requests)
-        short, long = counts.get((name, n)), counts.get((name, 2 * n))
-        figures[name] = None if short is None or long is None else (long - short) / n
+        short, long = counts.get((name, requests)), counts.get((name, 2 * requests))
+        figures[name] = None if short is None or long is None else (long - short) / requests
     return figures
 
 
@@ -360,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = args.requests or baseline.get("requests") or REQUESTS
     environment = fingerprint(valgrind)
     workers = args.jobs or len(os.sched_getaffinity(0))
-    capped = ", ".join(f"{name}: {CASES[name].requests(requests):,}" for name in names
-                       if CASES[name].requests(requests) != requests)
-    print(f"bench-check: {len(names)} case(s), N = {requests:,}{f' ({capped})' if capped else ''}, "
+    print(f"bench-check: {len(names)} case(s), N = {requests:,}, "
           f"{workers} valgrind run(s) at once", flush=True)
     started = time.monotonic()
     measured = measure(names, requests, valgrind, workers=workers, log=lambda line: print(line, file=sys.stderr))
